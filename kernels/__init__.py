@@ -1,0 +1,79 @@
+"""convbench implementations: one module per implementation, each registered with ``@register``.
+
+>>> import kernels
+>>> kernels.names()
+('naive', 'im2col', 'cudnn', 'compile', 'triton')
+>>> kernels.get("im2col").conv2d(x, w, stride=2, padding="valid")
+
+Every public module of this package is imported on first use, so adding an implementation is adding one file
+(plus an ``ORDER`` entry to place it in tables); bench, report and compare pick it up unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import OPS, Implementation, device_type
+
+__all__ = ["Implementation", "OPS", "device_type", "register", "names", "get", "all_implementations"]
+
+#: display order of the built-in implementations; others follow in registration order
+ORDER = ("naive", "im2col", "cudnn", "compile", "triton")
+
+_REGISTRY: dict[str, Implementation] = {}
+_LOAD_ERRORS: dict[str, str] = {}
+_loaded = False
+
+
+def register(cls: type[Implementation]) -> type[Implementation]:
+    """Class decorator: instantiate and register an implementation under ``cls.name``."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} must set a 'name' to be registered")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"an implementation named {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def _load() -> None:
+    """Import every implementation module once. A module that fails to import is remembered, not fatal."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        try:
+            importlib.import_module(f"{__name__}.{info.name}")
+        except Exception as exc:  # e.g. triton missing: that implementation is simply not registered
+            _LOAD_ERRORS[info.name] = f"{type(exc).__name__}: {exc}"
+
+
+def names() -> tuple[str, ...]:
+    """Registered implementation names, built-ins first in ORDER."""
+    _load()
+    known = [n for n in ORDER if n in _REGISTRY]
+    return tuple(known + [n for n in _REGISTRY if n not in known])
+
+
+def get(name: str) -> Implementation:
+    """The implementation registered as ``name``; ValueError naming the choices otherwise."""
+    _load()
+    if not isinstance(name, str):
+        raise TypeError(f"kernels.get: 'name' must be a str, got {type(name).__name__}")
+    if name not in _REGISTRY:
+        why = f" (module failed to import: {_LOAD_ERRORS[name]})" if name in _LOAD_ERRORS else ""
+        raise ValueError(f"kernels.get: unknown implementation 'name'={name!r}{why}; registered: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def all_implementations() -> list[Implementation]:
+    return [_REGISTRY[n] for n in names()]
+
+
+def load_errors() -> dict[str, str]:
+    """Modules that could not be imported, with the reason (shown by ``python -m bench list``)."""
+    _load()
+    return dict(_LOAD_ERRORS)

@@ -1,0 +1,90 @@
+"""What every implementation is: a registered object with conv2d / max_pool2d / avg_pool2d.
+
+The public methods take exactly the arguments of ``torch.nn.functional``, check them with ``reference.args`` (so every
+implementation refuses the same calls, with the same messages, before doing any work), turn 3-D input into a batch of
+one, and hand a 4-D tensor plus the problem description to the ``_conv2d`` / ``_max_pool2d`` / ``_avg_pool2d`` hooks
+that each implementation file provides. Implementations contain no timing code: ``bench`` owns that.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from reference import ConvProblem, PoolProblem, avg_pool2d_problem, conv2d_problem, max_pool2d_problem
+
+OPS = ("conv2d", "max_pool2d", "avg_pool2d")
+
+
+def device_type(device) -> str:
+    """'cpu' / 'cuda' from a string, torch.device or tensor."""
+    if isinstance(device, torch.Tensor):
+        return device.device.type
+    return torch.device(device).type
+
+
+class Implementation:
+    """Base class. Subclasses set ``name`` and ``summary`` and implement the three hooks."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    #: compiles or autotunes on the first call of each problem; bench reports that first-call cost as compile_s
+    jit: ClassVar[bool] = False
+
+    def unavailable_reason(self, device) -> str | None:
+        """None when this implementation can run on ``device``, else a sentence saying why not."""
+        if device_type(device) == "cuda" and not torch.cuda.is_available():
+            return "CUDA is not available"
+        return None
+
+    def backend(self, op: str, device, problem=None) -> str:
+        """The library or code generator that actually computes ``op`` on ``device`` (a results column).
+
+        ``problem`` (a ConvProblem or PoolProblem) lets an implementation say what it picks for that exact call."""
+        return "torch-ops"
+
+    def __repr__(self) -> str:
+        return f"<convbench implementation {self.name!r}: {self.summary}>"
+
+    # ---- public API: exactly torch.nn.functional's signatures ---------------------------------------------------
+    def conv2d(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        p = conv2d_problem(input, weight, bias, stride, padding, dilation, groups)
+        self._require(input.device)
+        x = input if input.dim() == 4 else input.unsqueeze(0)
+        out = self._conv2d(x, weight, bias, p)
+        return out if input.dim() == 4 else out.squeeze(0)
+
+    def max_pool2d(self, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                   return_indices=False):
+        p = max_pool2d_problem(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        self._require(input.device)
+        x = input if input.dim() == 4 else input.unsqueeze(0)
+        out, indices = self._max_pool2d(x, p)
+        if input.dim() == 3:
+            out, indices = out.squeeze(0), (indices.squeeze(0) if indices is not None else None)
+        return (out, indices) if return_indices else out
+
+    def avg_pool2d(self, input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                   divisor_override=None):
+        p = avg_pool2d_problem(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        self._require(input.device)
+        x = input if input.dim() == 4 else input.unsqueeze(0)
+        out = self._avg_pool2d(x, p)
+        return out if input.dim() == 4 else out.squeeze(0)
+
+    # ---- hooks ----------------------------------------------------------------------------------------------------
+    def _conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: ConvProblem):
+        raise NotImplementedError
+
+    def _max_pool2d(self, x: torch.Tensor, p: PoolProblem) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (values, indices); indices may be None when ``p.return_indices`` is False."""
+        raise NotImplementedError
+
+    def _avg_pool2d(self, x: torch.Tensor, p: PoolProblem) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _require(self, device) -> None:
+        reason = self.unavailable_reason(device)
+        if reason:
+            raise RuntimeError(f"{self.name}: cannot run on {device}: {reason}")

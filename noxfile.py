@@ -1,0 +1,74 @@
+"""convbench's nox sessions.
+
+Every session runs in one shared virtualenv, ``.nox/convbench``: PyTorch with its CUDA libraries is ~5.5 GB, so it
+is downloaded and installed once, and the environment is refreshed only when pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import sys
+
+import nox
+
+ROOT = pathlib.Path(__file__).resolve().parent
+ENV = ROOT / ".nox" / "convbench"
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "none"
+
+
+def _python(session: nox.Session) -> str:
+    """The shared environment's interpreter, created or refreshed (``pip install -e .[dev]``) when needed."""
+    py = ENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    stamp = ENV / ".installed-from"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not py.exists():
+        session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+    if not stamp.exists() or stamp.read_text() != want:
+        session.run(str(py), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]", external=True)
+        stamp.write_text(want)
+    return str(py)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite: every implementation against the float64 oracle (Triton under its CPU interpreter when
+    there is no GPU; GPU-only tests skip with a reason). Extra arguments go to pytest."""
+    py = _python(session)
+    session.run(py, "-m", "pytest", *session.posargs, external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run a benchmark sweep: the quick CPU suite by default (under 5 minutes on 2 cores), written to
+    results/runs/<time>-<host>-<device>/. Arguments after -- are passed to ``python -m bench run`` and win, e.g.
+    ``nox -s bench -- --device cuda --suite full``."""
+    py = _python(session)
+    session.run(py, "-m", "bench", "run", "--suite", "quick", "--device", "cpu", *session.posargs, external=True)
+
+
+@nox.session
+def plot(session: nox.Session) -> None:
+    """Write report.md, report.html and plots/*.png for a run directory: ``nox -s plot -- DIR``."""
+    if not session.posargs:
+        session.error("usage: nox -s plot -- RUN_DIR")
+    py = _python(session)
+    session.run(py, "-m", "bench", "report", *session.posargs, external=True)
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """Compare two runs case by case and flag regressions: ``nox -s compare -- BASE NEW [--threshold 0.10]``."""
+    if len(session.posargs) < 2:
+        session.error("usage: nox -s compare -- BASE_DIR NEW_DIR [--threshold 0.10]")
+    py = _python(session)
+    session.run(py, "-m", "bench", "compare", *session.posargs, external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Static checks: ruff over the whole tree."""
+    py = _python(session)
+    session.run(py, "-m", "ruff", "check", ".", *session.posargs, external=True)

@@ -1,0 +1,15 @@
+"""convbench reference: problems (shapes, FLOPs, bytes), argument checks, the float64 oracle and the tolerance table.
+
+Nothing here depends on ``kernels`` or ``bench``; they depend on this.
+"""
+
+from . import oracle
+from .args import avg_pool2d_problem, conv2d_problem, max_pool2d_problem, pair
+from .problems import DTYPES, FLOATING, LAYOUTS, ConvProblem, PoolProblem, dtype_name, layout_of, pooled_size
+from .tolerance import TOLERANCES, Check, Tolerance, check, check_exact, combine, tolerance
+
+__all__ = [
+    "oracle", "conv2d_problem", "max_pool2d_problem", "avg_pool2d_problem", "pair",
+    "DTYPES", "FLOATING", "LAYOUTS", "ConvProblem", "PoolProblem", "dtype_name", "layout_of", "pooled_size",
+    "TOLERANCES", "Tolerance", "Check", "check", "check_exact", "combine", "tolerance",
+]
