@@ -55,6 +55,15 @@ class Implementation:
         out = self._conv2d(x, weight, bias, p)
         return out if input.dim() == 4 else out.squeeze(0)
 
+    def conv2d_relu(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        """relu(conv2d(...)) — the conv+bias+ReLU block of a CNN; implementations with a fused epilogue override
+        ``_conv2d_relu``, the others compute the two ops one after the other."""
+        p = conv2d_problem(input, weight, bias, stride, padding, dilation, groups)
+        self._require(input.device)
+        x = input if input.dim() == 4 else input.unsqueeze(0)
+        out = self._conv2d_relu(x, weight, bias, p)
+        return out if input.dim() == 4 else out.squeeze(0)
+
     def max_pool2d(self, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                    return_indices=False):
         p = max_pool2d_problem(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -76,6 +85,9 @@ class Implementation:
     # ---- hooks ----------------------------------------------------------------------------------------------------
     def _conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: ConvProblem):
         raise NotImplementedError
+
+    def _conv2d_relu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: ConvProblem):
+        return torch.relu(self._conv2d(x, weight, bias, p))
 
     def _max_pool2d(self, x: torch.Tensor, p: PoolProblem) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (values, indices); indices may be None when ``p.return_indices`` is False."""

@@ -84,6 +84,16 @@ def test_gradient_only_for_what_requires_it(name, device):
         assert not impl.conv2d(x, w, b, padding=1).requires_grad
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", IMPLS)
+def test_conv2d_relu_is_relu_of_conv2d(name, device):
+    impl = implementation(name, device)
+    case = CASES["conv2d"][3]  # stride2-pad1
+    tensors = {k: leaf(v, device, torch.float32) for k, v in make_tensors("conv2d", case).items()}
+    check_against_oracle(impl.conv2d_relu, lambda **kw: torch.relu(ORACLE["conv2d"](**kw)), tensors, case.kwargs,
+                         "float32")
+
+
 def test_max_pool_case_table_exercises_dropped_ceil_windows():
     """Guard the table itself: the 'ceil-window-dropped' case must hit ATen's last-window rule."""
     case = next(c for c in MAX_POOL_CASES if c.id == "ceil-window-dropped")
