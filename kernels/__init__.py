@@ -6,12 +6,14 @@
 >>> kernels.get("im2col").conv2d(x, w, stride=2, padding="valid")
 
 Every public module of this package is imported on first use, so adding an implementation is adding one file
-(plus an ``ORDER`` entry to place it in tables); bench, report and compare pick it up unchanged.
+(plus an ``ORDER`` entry to place it in tables); bench, report and compare pick it up unchanged. Implementations
+that live outside this package are loaded from the modules named in ``CONVBENCH_PLUGINS`` (comma-separated).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 from .base import OPS, Implementation, device_type
@@ -47,8 +49,13 @@ def _load() -> None:
             continue
         try:
             importlib.import_module(f"{__name__}.{info.name}")
-        except Exception as exc:  # e.g. triton missing: that implementation is simply not registered
+        except Exception as exc:  # a broken module must not take the other implementations down with it
             _LOAD_ERRORS[info.name] = f"{type(exc).__name__}: {exc}"
+    for module in filter(None, (m.strip() for m in os.environ.get("CONVBENCH_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            _LOAD_ERRORS[module] = f"{type(exc).__name__}: {exc}"
 
 
 def names() -> tuple[str, ...]:

@@ -38,6 +38,11 @@ class Implementation:
             return "CUDA is not available"
         return None
 
+    def correctness_only(self, device) -> str | None:
+        """A reason when this implementation runs on ``device`` but its timings would mean nothing (an interpreter);
+        the bench then checks it against the oracle and records the case as skipped instead of timing it."""
+        return None
+
     def backend(self, op: str, device, problem=None) -> str:
         """The library or code generator that actually computes ``op`` on ``device`` (a results column).
 

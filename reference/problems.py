@@ -203,8 +203,9 @@ class ConvProblem:
         tensors = _normal(seed, device, DTYPES[self.dtype], requires_grad,
                           input=(self.input_shape, 1.0), weight=(self.weight_shape, fan_in ** -0.5),
                           bias=((self.K,), 0.1) if self.bias else None)
-        if self.layout == "channels_last":
+        if self.layout == "channels_last":  # as a model converted with .to(memory_format=channels_last) has it
             tensors["input"] = _channels_last(tensors["input"])
+            tensors["weight"] = _channels_last(tensors["weight"])
         return tensors
 
     def replace(self, **changes) -> ConvProblem:

@@ -1,0 +1,188 @@
+"""env.json: everything a reader needs to trust (or distrust) a run and to know whether two runs compare.
+
+Versions (python, torch, triton, CUDA, cuDNN), device and CPU model, the thread count, GPU clocks, driver, power
+and temperature (nvidia-ml-py) at start and end, git commit and dirty flag, the suite hash, start/end time, and
+warnings: debug builds, interpreters, a loaded machine, throttling, noisy timings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+#: what must match for two runs to be compared (bench compare exits 3 otherwise)
+FINGERPRINT_KEYS = ("device", "device_name", "threads", "torch", "cpu_model")
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git() -> dict:
+    def run(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = run("rev-parse", "HEAD")
+        if not commit:
+            return {"commit": None}
+        return {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no")),
+                "branch": run("rev-parse", "--abbrev-ref", "HEAD"), "time": run("show", "-s", "--format=%cI")}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+
+
+def _cpu() -> dict:
+    model = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"model": model, "logical_cores": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "mkldnn": torch.backends.mkldnn.is_available(), "mkl": torch.backends.mkl.is_available(),
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def gpu_telemetry() -> dict | None:
+    """Name, driver, clocks, power, temperature and throttle reasons of GPU 0 via NVML; None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    info = {"name": torch.cuda.get_device_name(0),
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+            "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)}
+    try:
+        import pynvml as nv
+
+        nv.nvmlInit()
+        h = nv.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
+        info.update(
+            driver=nv.nvmlSystemGetDriverVersion(),
+            sm_clock_mhz=nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
+            sm_clock_max_mhz=nv.nvmlDeviceGetMaxClockInfo(h, nv.NVML_CLOCK_SM),
+            mem_clock_mhz=nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),
+            power_w=nv.nvmlDeviceGetPowerUsage(h) / 1000, power_limit_w=nv.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
+            temperature_c=nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU),
+            utilization_pct=nv.nvmlDeviceGetUtilizationRates(h).gpu,
+            throttle_reasons=_throttle_names(nv, nv.nvmlDeviceGetCurrentClocksEventReasons(h)
+                                             if hasattr(nv, "nvmlDeviceGetCurrentClocksEventReasons")
+                                             else nv.nvmlDeviceGetCurrentClocksThrottleReasons(h)),
+        )
+    except Exception as exc:  # noqa: BLE001 — telemetry is best effort; say why it is missing
+        info["nvml_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def _throttle_names(nv, mask: int) -> list[str]:
+    names = []
+    for attr in dir(nv):
+        if attr.startswith(("nvmlClocksThrottleReason", "nvmlClocksEventReason")) and not attr.endswith(("None", "All")):
+            bit = getattr(nv, attr)
+            if isinstance(bit, int) and bit and mask & bit:
+                names.append(attr.split("Reason", 1)[1])
+    return sorted(set(names) - {"GpuIdle", "ApplicationsClocksSetting"})
+
+
+def busy_processes(limit: int = 5) -> list[str]:
+    """Other processes using CPU right now (from ``ps``), heaviest first — a loaded machine makes noisy timings."""
+    try:
+        out = subprocess.run(["ps", "-eo", "pcpu,pid,comm", "--sort=-pcpu"], capture_output=True, text=True,
+                             timeout=5).stdout.splitlines()[1:]
+    except (OSError, subprocess.SubprocessError):
+        return []
+    mine = {os.getpid(), os.getppid()}
+    busy = []
+    for line in out:
+        parts = line.split(None, 2)
+        if len(parts) == 3 and float(parts[0]) >= 20.0 and int(parts[1]) not in mine:
+            busy.append(f"{parts[2]} (pid {parts[1]}, {parts[0]}% CPU)")
+    return busy[:limit]
+
+
+def capture(device: str, threads: int, suite: str, suite_hash: str, argv: list[str]) -> dict:
+    """The environment at the start of a run, with the warnings that apply already."""
+    env = {
+        "start": utc_now(), "end": None, "host": socket.gethostname(), "system": platform.system(),
+        "machine": platform.machine(), "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else _cpu()["model"],
+        "threads": threads, "suite": suite, "suite_hash": suite_hash, "argv": argv,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": _version("triton"),
+                     "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
+                     "numpy": _version("numpy"), "convbench": _version("convbench")},
+        "torch": torch.__version__, "cpu_model": _cpu()["model"], "cpu": _cpu(),
+        "gpu": gpu_telemetry() if device == "cuda" else None, "git": _git(),
+        "timer": "cuda-events" if device == "cuda" else "perf_counter",
+        "settings": {"TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
+                     "CUDA_LAUNCH_BLOCKING": os.environ.get("CUDA_LAUNCH_BLOCKING"),
+                     "cudnn_benchmark": device == "cuda", "CONVBENCH_COMPILE_MODE":
+                         os.environ.get("CONVBENCH_COMPILE_MODE")},
+        "warnings": [],
+    }
+    env["warnings"] += start_warnings(env)
+    return env
+
+
+def start_warnings(env: dict) -> list[str]:
+    warn = []
+    if torch.version.debug:
+        warn.append("torch is a debug build: timings are not representative")
+    if env["settings"]["CUDA_LAUNCH_BLOCKING"] == "1":
+        warn.append("CUDA_LAUNCH_BLOCKING=1 serialises every launch: GPU timings are not representative")
+    if env["settings"]["TRITON_INTERPRET"] == "1":
+        warn.append("TRITON_INTERPRET=1: Triton kernels run in the CPU interpreter (checked, never timed)")
+    if sys.flags.dev_mode or sys.gettrace() is not None:
+        warn.append("python runs in dev mode or under a tracer/debugger: timings are inflated")
+    if hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        cores = os.cpu_count() or 1
+        if load > 0.5 * cores:
+            warn.append(f"the machine is loaded before the run starts (1-min load {load:.1f} on {cores} cores)")
+    busy = busy_processes()
+    if busy:
+        warn.append("other processes are using CPU: " + "; ".join(busy))
+    gpu = env.get("gpu") or {}
+    if gpu.get("throttle_reasons"):
+        warn.append(f"GPU clocks are throttled at start: {', '.join(gpu['throttle_reasons'])}")
+    return warn
+
+
+def finish(env: dict, rows: list[dict]) -> dict:
+    """Close the record: end time, end-of-run telemetry, and warnings about what the run saw."""
+    env["end"] = utc_now()
+    if env["device"] == "cuda":
+        env["gpu_end"] = gpu_telemetry()
+        reasons = (env["gpu_end"] or {}).get("throttle_reasons")
+        if reasons:
+            env["warnings"].append(f"GPU clocks were throttled at the end of the run: {', '.join(reasons)}")
+    ok = [r for r in rows if r["status"] == "ok"]
+    noisy = [r for r in ok if r.get("warning")]
+    if ok and len(noisy) > 0.1 * len(ok):
+        env["warnings"].append(f"{len(noisy)} of {len(ok)} timed rows are noisy (IQR > 10% of the median): "
+                               "compare runs with care, or re-run on a quieter machine")
+    busy = busy_processes()
+    if busy:
+        env["warnings"].append("other processes were using CPU at the end: " + "; ".join(busy))
+    return env
+
+
+def fingerprint(env: dict) -> dict:
+    return {k: env.get(k) for k in FINGERPRINT_KEYS}

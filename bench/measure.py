@@ -1,0 +1,211 @@
+"""Measure one case: the float64 answer, then per implementation validate → (if right) time, interleaved.
+
+This runs inside the worker process (bench/worker.py). Nothing is timed before it has been compared with the
+oracle: a wrong result is recorded as ``mismatch`` with its errors, an exception as ``error``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+from reference import Check, check, check_exact, combine, oracle
+
+from .cases import Case
+from .suites import Timing
+from .timing import NOISY_IQR, Sampler, calibrate_loops, summarize, synchronize, time_interleaved, warm_up
+
+GRAD_SEED = 1234  # the fixed output gradient of conv2d_backward cases
+#: interpreter implementations (correctness only) are validated on cases up to this many FLOPs
+INTERPRETER_FLOP_LIMIT = 2e7
+
+
+def set_precision(dtype: str) -> None:
+    """float32 means IEEE fp32 math everywhere; tf32 lets cuDNN and cuBLAS use TF32 tensor cores."""
+    tf32 = dtype == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+@dataclass
+class Expected:
+    """The oracle's answer for a case, computed once from the same (dtype-rounded) inputs every impl gets."""
+
+    tensors: dict
+    output: object = None  # conv2d / pools: tensor, or (values, indices)
+    grads: tuple | None = None  # conv2d_backward: (d input, d weight, d bias?)
+    grad_out: torch.Tensor | None = None
+
+
+def expected_for(case: Case, seed: int) -> Expected:
+    p = case.problem
+    tensors = p.make_inputs(case.device, seed)
+    ref = {k: (v.detach().double() if v is not None else None) for k, v in tensors.items()}
+    if case.op == "conv2d":
+        return Expected(tensors, output=oracle.conv2d(ref["input"], ref["weight"], ref["bias"], **p.kwargs()))
+    if case.op in ("max_pool2d", "avg_pool2d"):
+        return Expected(tensors, output=getattr(oracle, case.op)(ref["input"], **p.kwargs()))
+    if case.op == "conv2d_backward":
+        leaves = [v.requires_grad_(True) for v in ref.values() if v is not None]
+        out = oracle.conv2d(ref["input"], ref["weight"], ref["bias"], **p.kwargs())
+        gen = torch.Generator().manual_seed(GRAD_SEED)
+        grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(case.device, tensors["input"].dtype)
+        grads = torch.autograd.grad(out, leaves, grad_out.double())
+        return Expected(tensors, grads=grads, grad_out=grad_out)
+    raise ValueError(f"measure: op {case.op!r} has no oracle here")
+
+
+def fresh_inputs(case: Case, seed: int, requires_grad: bool) -> dict:
+    return case.problem.make_inputs(case.device, seed, requires_grad=requires_grad)
+
+
+def build_call(impl, case: Case, seed: int, expected: Expected) -> tuple[Callable[[], object], Callable[[object], Check]]:
+    """The zero-argument callable to time for this (impl, case), and how to check what it returns."""
+    p, dtype = case.problem, case.dtype
+    if case.op == "conv2d":
+        t = fresh_inputs(case, seed, False)
+        kw = p.kwargs()
+
+        def call():
+            with torch.no_grad():
+                return impl.conv2d(t["input"], t["weight"], t["bias"], **kw)
+        return call, lambda out: check(out, expected.output, dtype)
+    if case.op in ("max_pool2d", "avg_pool2d"):
+        x, kw, fn = fresh_inputs(case, seed, False)["input"], p.kwargs(), getattr(impl, case.op)
+
+        def call():
+            with torch.no_grad():
+                return fn(x, **kw)
+
+        def verify(out):
+            if isinstance(expected.output, tuple):
+                return combine(check(out[0], expected.output[0], dtype), check_exact(out[1], expected.output[1]))
+            return check(out, expected.output, dtype)
+        return call, verify
+    if case.op == "conv2d_backward":
+        t = fresh_inputs(case, seed, True)
+        leaves = [v for v in t.values() if v is not None]
+        out = impl.conv2d(t["input"], t["weight"], t["bias"], **p.kwargs())  # the graph the timed backward re-walks
+        grad_out = expected.grad_out
+
+        def call():
+            return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+        return call, lambda grads: combine(*(check(g, e, dtype) for g, e in zip(grads, expected.grads)))
+    raise ValueError(f"measure: op {case.op!r} is not measured here")
+
+
+@dataclass
+class Outcome:
+    """What the worker reports for one (case, implementation)."""
+
+    impl: str
+    status: str
+    error: str = ""
+    backend: str = ""
+    times_ms: tuple[float, ...] = ()
+    loops: int = 0
+    compile_s: float | None = None
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    warning: str = ""
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{where}"[:500]
+
+
+def _errs(c: Check) -> tuple[float | None, float | None]:
+    finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731
+    return finite(c.max_abs_err), finite(c.max_rel_err)
+
+
+def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 0,
+                 phase: Callable[[str, str], None] = lambda impl, stage: None,
+                 report: Callable[[Outcome], None] = lambda o: None) -> None:
+    """Validate every implementation on ``case``, then time the correct ones interleaved; ``report`` each outcome
+    as soon as it is final; ``phase(impl, stage)`` announces what is about to run (the parent's watchdog)."""
+    set_precision(case.dtype)
+    if case.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    phase("oracle", "reference")
+    expected = expected_for(case, seed)
+    samplers: dict[str, tuple[Sampler, Outcome, float]] = {}
+    for name in impl_names:
+        impl = kernels.get(name)
+        backend = impl.backend(case.op, case.device, case.problem)
+        why = impl.unavailable_reason(case.device)
+        if why:
+            report(Outcome(name, "unsupported", why, backend))
+            continue
+        only_check = impl.correctness_only(case.device)
+        if only_check and case.flops() > INTERPRETER_FLOP_LIMIT:
+            report(Outcome(name, "skipped", f"{only_check}; case too large to check there ({case.flops():.3g} FLOP)",
+                           backend))
+            continue
+        phase(name, "validate")
+        try:
+            t0 = time.perf_counter()
+            call, verify = build_call(impl, case, seed, expected)
+            result = call()  # the first call: compiles, autotunes, allocates
+            synchronize(case.device)
+            first_s = time.perf_counter() - t0
+            verdict = verify(result)
+        except Exception as exc:  # noqa: BLE001 — any failure of an implementation is a result, not a crash
+            report(Outcome(name, "error", _describe(exc), backend))
+            continue
+        abs_err, rel_err = _errs(verdict)
+        if not verdict.ok:
+            report(Outcome(name, "mismatch", verdict.detail, backend, max_abs_err=abs_err, max_rel_err=rel_err))
+            continue
+        if only_check:
+            report(Outcome(name, "skipped", f"{only_check}: agrees with the oracle, not timed", backend,
+                           max_abs_err=abs_err, max_rel_err=rel_err))
+            continue
+        try:
+            phase(name, "warm-up")
+            call_ms = warm_up(call, case.device, timing.warmup_ms)
+        except Exception as exc:  # noqa: BLE001
+            report(Outcome(name, "error", _describe(exc), backend, max_abs_err=abs_err, max_rel_err=rel_err))
+            continue
+        sampler = Sampler(name, call, calibrate_loops(call_ms, case.device, timing.target_sample_ms))
+        outcome = Outcome(name, "ok", "", backend, max_abs_err=abs_err, max_rel_err=rel_err)
+        samplers[name] = (sampler, outcome, first_s)
+    if not samplers:
+        return
+    try:
+        time_interleaved([s for s, _, _ in samplers.values()], case.device, timing,
+                         on_sample=lambda name: phase(name, "time"))
+    except Exception as exc:  # noqa: BLE001 — a failure mid-timing fails every impl still being timed
+        for sampler, outcome, _ in samplers.values():
+            report(Outcome(outcome.impl, "error", f"during timing: {_describe(exc)}", outcome.backend))
+        return
+    for sampler, outcome, first_s in samplers.values():
+        stats = summarize(sampler.samples_ms)
+        outcome.times_ms = tuple(sampler.samples_ms)
+        outcome.loops = sampler.loops
+        if kernels.get(outcome.impl).jit:  # the first call's cost beyond one steady call: compile/autotune time
+            outcome.compile_s = max(0.0, first_s - stats.median_ms / 1e3)
+        if stats.spread > NOISY_IQR:
+            outcome.warning = f"noisy: IQR is {stats.spread:.0%} of the median"
+        report(outcome)
+
+
+@contextlib.contextmanager
+def threads(n: int | None):
+    """Run with exactly ``n`` intra-op threads (restored after)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,58 @@
+"""``bench merge OUT PART...``: join the run directories of ``--shard K/N`` runs into one run directory.
+
+Rows are keyed by (case, implementation); a key present in several parts keeps the first (and says so). The parts
+must come from one environment (device, threads, torch, CPU model), else exit 3 — numbers from different machines
+do not belong in one table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .env import fingerprint
+from .results import JsonlWriter, read_jsonl, row_id
+from .runner import finalize
+
+
+def merge_runs(out: Path, parts: list[Path]) -> int:
+    envs, rows, seen, dupes = [], [], set(), 0
+    for part in parts:
+        env_path = part / "env.json"
+        if not env_path.exists():
+            print(f"convbench merge: {part} has no env.json", file=sys.stderr)
+            return 2
+        env = json.loads(env_path.read_text())
+        if envs and fingerprint(env) != fingerprint(envs[0]):
+            print(f"convbench merge: {part} comes from another environment: {fingerprint(env)} vs "
+                  f"{fingerprint(envs[0])}", file=sys.stderr)
+            return 3
+        envs.append(env)
+        for r in read_jsonl(part / "results.jsonl"):
+            if row_id(r) in seen:
+                dupes += 1
+                continue
+            seen.add(row_id(r))
+            rows.append(r)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "results.jsonl").exists():
+        print(f"convbench merge: {out} already holds results.jsonl; choose an empty directory", file=sys.stderr)
+        return 2
+    writer = JsonlWriter(out / "results.jsonl")
+    for r in rows:
+        writer.write(r)
+    writer.close()
+    merged = dict(envs[0])
+    merged.update(start=min(e["start"] for e in envs), end=max(e.get("end") or e["start"] for e in envs), shard=None,
+                  merged_from=[{"dir": str(p), "shard": e.get("shard"), "host": e.get("host"), "start": e["start"],
+                                "end": e.get("end"), "complete": e.get("complete")} for p, e in zip(parts, envs)],
+                  warnings=list(dict.fromkeys(w for e in envs for w in e.get("warnings", []))))
+    suites = {(e.get("suite"), e.get("suite_hash")) for e in envs}
+    if len({s for s, _ in suites}) > 1:
+        merged["warnings"].append(f"merged parts of different suites: {sorted(suites)}")
+    if dupes:
+        merged["warnings"].append(f"{dupes} rows appeared in more than one part; the first was kept")
+    finalize(out, rows, merged)
+    print(f"merged {len(parts)} parts, {len(rows)} rows → {out}")
+    return 0

@@ -1,0 +1,257 @@
+"""``bench run``: select cases, measure each in the supervised worker, stream rows to disk, summarise.
+
+Resume (``--resume``): rows already in results.jsonl are skipped by (case key, implementation); a run killed with
+SIGKILL loses at most the case that was in flight. Shards (``--shard K/N``): case i of the selected, ordered list
+belongs to shard (i mod N) + 1, so N machines split a suite without talking to each other; ``bench merge`` joins
+their directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import kernels
+
+from . import env as envmod
+from .cases import Case
+from .results import (FAILED, JsonlWriter, atomic_write, make_row, pytest_benchmark_json, read_jsonl, row_id,
+                      summary_frame, write_csv)
+from .suites import SUITES, Timing, suite_hash
+from .worker import Supervisor, WorkerConfig
+
+AXIS_ALIASES = {"kernel": "kernel_h", "n": "batch", "c": "in_channels", "k": "out_channels", "h": "height"}
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit code 2."""
+
+
+@dataclass
+class RunOptions:
+    suite: str = "quick"
+    device: str = "cpu"
+    impls: list[str] | None = None
+    ops: list[str] | None = None
+    dtypes: list[str] | None = None
+    layouts: list[str] | None = None
+    where: dict[str, set[str]] = field(default_factory=dict)
+    out: Path | None = None
+    resume: bool = False
+    shard: tuple[int, int] | None = None
+    threads: int | None = None
+    timeout: float = 300.0
+    max_seconds: float | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+def parse_where(items: list[str]) -> dict[str, set[str]]:
+    where: dict[str, set[str]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--where expects AXIS=VALUE[,VALUE...], got {item!r}")
+        axis, values = item.split("=", 1)
+        axis = AXIS_ALIASES.get(axis.strip().lower(), axis.strip().lower())
+        where.setdefault(axis, set()).update(v.strip() for v in values.split(",") if v.strip())
+    return where
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard expects K/N with integers, got {text!r}") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise UsageError(f"--shard K/N needs 1 <= K <= N, got {text!r}")
+    return k, n
+
+
+def select_cases(opts: RunOptions) -> list[Case]:
+    """The suite's cases on the device, filtered by op / dtype / layout / --where, then this shard's part."""
+    if opts.suite not in SUITES:
+        raise UsageError(f"--suite must be one of {', '.join(SUITES)}, got {opts.suite!r}")
+    cases = SUITES[opts.suite].cases(opts.device)
+    if opts.ops:
+        cases = [c for c in cases if c.op in opts.ops]
+    if opts.dtypes:
+        cases = [c for c in cases if c.dtype in opts.dtypes]
+    if opts.layouts:
+        cases = [c for c in cases if c.layout in opts.layouts]
+    for axis, values in opts.where.items():
+        known = set(cases[0].columns()) if cases else set()
+        if cases and axis not in known:
+            raise UsageError(f"--where axis {axis!r} is not one of {', '.join(sorted(known))}")
+        cases = [c for c in cases if str(c.columns()[axis]) in values]
+    if opts.shard:
+        k, n = opts.shard
+        cases = [c for i, c in enumerate(cases) if i % n == k - 1]
+    return cases
+
+
+def select_impls(names: list[str] | None) -> list[str]:
+    known = kernels.names()
+    if not names:
+        return list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--impl {', '.join(unknown)} is not registered; registered: {', '.join(known)}"
+                         + "".join(f" ({n}: {e})" for n, e in kernels.load_errors().items()))
+    return names
+
+
+def default_out(device: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path("results") / "runs" / f"{stamp}-{socket.gethostname()}-{device}"
+
+
+class Progress:
+    """A rich progress bar (cases, ETA) on a terminal; one plain line per case elsewhere (CI logs)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done = total, 0
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False)
+            self.task = self.bar.add_task("cases", total=total)
+            self.bar.start()
+        self.quiet = not enabled
+
+    def step(self, case: Case, statuses: list[str]) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=case.op)
+        elif not self.quiet:
+            print(f"[{self.done}/{self.total}] {case.key}: {' '.join(statuses)}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _load_for_resume(out: Path, env_now: dict) -> tuple[list[dict], dict]:
+    env_path = out / "env.json"
+    if not env_path.exists():
+        raise UsageError(f"--resume: {out} has no env.json; is it a convbench run directory?")
+    old = json.loads(env_path.read_text())
+    if envmod.fingerprint(old) != envmod.fingerprint(env_now):
+        raise UsageError(f"--resume: the environment differs from the one that started {out}: "
+                         f"{envmod.fingerprint(old)} vs {envmod.fingerprint(env_now)}")
+    if old.get("suite_hash") != env_now.get("suite_hash"):
+        raise UsageError(f"--resume: {out} was started with another suite selection ({old.get('suite')}, "
+                         f"hash {old.get('suite_hash')}); repeat the original arguments")
+    old.setdefault("resumed", []).append(env_now["start"])
+    old["warnings"] = list(dict.fromkeys(old.get("warnings", []) + env_now["warnings"]))
+    return read_jsonl(out / "results.jsonl", repair=True), old
+
+
+def run(opts: RunOptions) -> int:
+    """Measure the selected cases; return the contract's exit code (0 clean, 1 some case failed)."""
+    if opts.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    if opts.device not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu or cuda, got {opts.device!r}")
+    impls = select_impls(opts.impls)
+    cases = select_cases(opts)
+    if not cases:
+        raise UsageError("no case matches the selection (--suite/--op/--dtype/--layout/--where/--shard)")
+    timing = SUITES[opts.suite].timing
+    if opts.max_seconds:
+        timing = dataclasses.replace(timing, max_seconds=opts.max_seconds)
+    threads = opts.threads or torch.get_num_threads()
+    out = opts.out or default_out(opts.device)
+    env = envmod.capture(opts.device, threads, opts.suite, suite_hash(cases, timing), sys.argv[1:])
+    env.update(shard=list(opts.shard) if opts.shard else None, impls=impls, cases=len(cases),
+               timing=dataclasses.asdict(timing), timeout_s=opts.timeout, seed=opts.seed)
+    if opts.resume:
+        previous, env = _load_for_resume(out, env)
+    else:
+        if (out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size:
+            raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        previous = []
+    atomic_write(out / "env.json", json.dumps(env, indent=2))
+    for w in env["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    done = {row_id(r) for r in previous}
+    rows = list(previous)
+    timing_mode = "cuda-events,l2-flush" if opts.device == "cuda" else f"perf_counter,threads={threads}"
+    writer = JsonlWriter(out / "results.jsonl")
+    supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env()), opts.timeout)
+    progress = Progress(len(cases), opts.progress)
+    interrupted = False
+    try:
+        for case in cases:
+            todo = [n for n in impls if (case.key, n) not in done]
+            statuses = []
+            for outcome in supervisor.measure(case, todo, timing, opts.seed) if todo else ():
+                row = make_row(case, outcome, timing_mode, supervisor.threads or threads)
+                writer.write(row)
+                rows.append(row)
+                statuses.append(f"{outcome.impl}={outcome.status}")
+            progress.step(case, statuses or ["already done"])
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+        supervisor.close()
+        writer.close()
+    env = envmod.finish(env, rows)
+    env["worker_restarts"] = supervisor.restarts
+    env["complete"] = not interrupted
+    finalize(out, rows, env)
+    print_summary(rows, out)
+    if interrupted:
+        print(f"interrupted: {len(rows)} rows kept in {out}; continue with --resume --out {out}", file=sys.stderr)
+        return 1
+    return 1 if any(r["status"] in FAILED for r in rows) else 0
+
+
+def _worker_env() -> tuple[tuple[str, str], ...]:
+    keep = ("TRITON_INTERPRET", "CONVBENCH_COMPILE_MODE", "CUDA_VISIBLE_DEVICES")
+    return tuple((k, os.environ[k]) for k in keep if k in os.environ)
+
+
+def finalize(out: Path, rows: list[dict], env: dict) -> None:
+    """results.csv, pytest-benchmark.json and env.json, each by atomic rename."""
+    write_csv(out / "results.csv", rows)
+    atomic_write(out / "pytest-benchmark.json", json.dumps(pytest_benchmark_json(rows, env), indent=1))
+    atomic_write(out / "env.json", json.dumps(env, indent=2))
+
+
+def print_summary(rows: list[dict], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    frame = summary_frame(rows)
+    if not frame.empty:
+        table = Table(title="fastest implementation per case (median)", show_lines=False)
+        for col in frame.columns:
+            table.add_column(col, overflow="fold")
+        for _, r in frame.head(60).iterrows():
+            table.add_row(*[str(v) if v == v else "" for v in r.values])
+        console.print(table)
+        if len(frame) > 60:
+            console.print(f"… {len(frame) - 60} more cases in {out / 'results.csv'}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    console.print(f"{len(rows)} rows: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" → {out}")
+    for r in rows:
+        if r["status"] in FAILED:
+            console.print(f"  [red]{r['status']}[/red] {r['impl']} {r['case_key']}: {r['error'][:160]}")

@@ -1,0 +1,164 @@
+"""Timing primitives: warm-up, loop calibration, samples, interleaved rounds, adaptive stopping, statistics.
+
+CPU: ``time.perf_counter`` around ``loops`` back-to-back calls (loops calibrated so one sample lasts about
+``target_sample_ms``; the thread count is set explicitly by the caller and recorded), garbage collection off.
+GPU: one call per sample between two CUDA events, with the L2 cache flushed (a write of twice its size) before
+each sample so that no implementation is timed on data its predecessor left in cache; synchronised per sample.
+
+Implementations are sampled in rounds — one sample of each per round, the order rotating every round — so that
+slow drifts of the machine (thermal, frequency, neighbours) hit all of them alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .suites import Timing
+
+NOISY_IQR = 0.10  # an IQR above this fraction of the median earns the row a warning
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class L2Flush:
+    """A buffer of twice the GPU's L2 size, zeroed before each sample to evict whatever the last call left."""
+
+    def __init__(self) -> None:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        size = max(2 * getattr(props, "L2_cache_size", 50 << 20), 64 << 20)
+        self.buffer = torch.empty(size, dtype=torch.uint8, device="cuda")
+
+    def __call__(self) -> None:
+        self.buffer.zero_()
+
+
+@dataclass
+class Sampler:
+    """Timing state of one implementation on one case."""
+
+    name: str
+    fn: Callable[[], object]
+    loops: int = 1
+    samples_ms: list[float] = field(default_factory=list)
+    spent_s: float = 0.0
+    done: bool = False
+
+
+def warm_up(fn: Callable[[], object], device: str, warmup_ms: float) -> float:
+    """Call ``fn`` until ``warmup_ms`` has passed (at least twice); return the fastest call in ms."""
+    best, deadline, calls = math.inf, time.perf_counter() + warmup_ms / 1e3, 0
+    while calls < 2 or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        best = min(best, (time.perf_counter() - t0) * 1e3)
+        calls += 1
+        if calls >= 1000:
+            break
+    return best
+
+
+def calibrate_loops(call_ms: float, device: str, target_sample_ms: float) -> int:
+    """CPU: repeat short calls so a sample is long against timer resolution and scheduler noise. GPU: one call per
+    sample (events time the device, and the L2 flush must sit between calls)."""
+    if device == "cuda":
+        return 1
+    return int(min(10_000, max(1, math.ceil(target_sample_ms / max(call_ms, 1e-4)))))
+
+
+def take_sample(sampler: Sampler, device: str, flush: L2Flush | None) -> float:
+    """One sample in ms per call."""
+    fn, loops = sampler.fn, sampler.loops
+    if device == "cuda":
+        if flush is not None:
+            flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    for _ in range(loops):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / loops
+
+
+def median_ci(samples: list[float]) -> tuple[float, float]:
+    """Distribution-free 95% confidence interval of the median from order statistics (normal approximation to
+    the binomial); (−inf, inf) with fewer than 6 samples."""
+    n = len(samples)
+    if n < 6:
+        return -math.inf, math.inf
+    s = sorted(samples)
+    half = 0.98 * math.sqrt(n)  # 1.96·√n / 2
+    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
+    return s[lo], s[hi]
+
+
+def converged(samples: list[float], timing: Timing) -> bool:
+    if len(samples) < timing.min_samples:
+        return False
+    lo, hi = median_ci(samples)
+    med = float(np.median(samples))
+    return med > 0 and (hi - lo) / 2 <= timing.rel_precision * med
+
+
+def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
+                     on_sample: Callable[[str], None] | None = None) -> None:
+    """Sample every implementation in rotating rounds until each has converged or used its budget."""
+    flush = L2Flush() if device == "cuda" else None
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        rnd = 0
+        while True:
+            active = [s for s in samplers if not s.done]
+            if not active:
+                break
+            shift = rnd % len(active)
+            for s in active[shift:] + active[:shift]:
+                if on_sample:
+                    on_sample(s.name)
+                t0 = time.perf_counter()
+                s.samples_ms.append(take_sample(s, device, flush))
+                s.spent_s += time.perf_counter() - t0
+                n = len(s.samples_ms)
+                s.done = (n >= timing.max_samples or converged(s.samples_ms, timing)
+                          or (s.spent_s >= timing.max_seconds and n >= min(timing.min_samples, 3)))
+            rnd += 1
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+@dataclass(frozen=True)
+class Stats:
+    median_ms: float
+    iqr_ms: float
+    min_ms: float
+    samples: int
+    ci_low_ms: float
+    ci_high_ms: float
+
+    @property
+    def spread(self) -> float:
+        """IQR relative to the median."""
+        return self.iqr_ms / self.median_ms if self.median_ms > 0 else math.inf
+
+
+def summarize(samples_ms: list[float]) -> Stats:
+    a = np.asarray(samples_ms, dtype=float)
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    lo, hi = median_ci(samples_ms)
+    return Stats(float(med), float(q3 - q1), float(a.min()), len(a), lo, hi)

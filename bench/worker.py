@@ -1,0 +1,174 @@
+"""Case isolation: every case is measured in a worker process that the runner can kill and replace.
+
+A crash (segfault, abort), a hang or an out-of-memory in one implementation must cost that one result, not the
+sweep, and a CUDA error that poisons the context must not poison later cases. The worker announces each phase
+(oracle, validate, warm-up, every timing sample) before running it; the parent keeps a per-phase deadline
+(``--timeout``), kills the worker when it passes or when the worker dies, records ``timeout`` / ``error`` for the
+implementation in flight, starts a fresh worker, and re-submits the rest of the case.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .cases import Case
+from .measure import Outcome
+from .suites import Timing
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    device: str
+    threads: int
+    env: tuple[tuple[str, str], ...] = ()  # variables set before torch/triton are imported in the worker
+
+
+def serve(conn, config: WorkerConfig) -> None:
+    """Worker main loop: receive ('case', Case, impls, Timing, seed), send phases and outcomes, then 'done'."""
+    os.environ.update(dict(config.env))
+    import torch
+
+    from .measure import measure_case
+
+    torch.set_num_threads(config.threads)
+    conn.send(("ready", torch.get_num_threads()))
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        _, case, impls, timing, seed = msg
+        reported: set[str] = set()
+
+        def report(outcome: Outcome) -> None:
+            reported.add(outcome.impl)
+            conn.send(("outcome", outcome))
+
+        try:
+            measure_case(case, impls, timing, seed, phase=lambda i, s: conn.send(("phase", i, s)), report=report)
+        except Exception as exc:  # noqa: BLE001 — e.g. the float64 oracle ran out of memory
+            for name in impls:
+                if name not in reported:
+                    report(Outcome(name, "error", f"case failed outside the implementation: "
+                                                  f"{type(exc).__name__}: {str(exc)[:300]}"))
+        poisoned = _cuda_poisoned(config.device)
+        conn.send(("done", poisoned))
+        if poisoned:
+            return  # the parent starts a fresh process for the next case
+
+
+def _cuda_poisoned(device: str) -> str | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    try:
+        torch.cuda.synchronize()
+        torch.ones(1, device="cuda").add_(1).item()
+        torch.cuda.empty_cache()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+
+
+class Supervisor:
+    """Owns the worker process and turns crashes and hangs into outcomes."""
+
+    def __init__(self, config: WorkerConfig, timeout_s: float) -> None:
+        self.config, self.timeout_s = config, timeout_s
+        self.ctx = mp.get_context("spawn")
+        self.proc = None
+        self.conn = None
+        self.threads: int | None = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        self.conn, child = self.ctx.Pipe()
+        self.proc = self.ctx.Process(target=serve, args=(child, self.config), daemon=True, name="convbench-worker")
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(300):
+            self._kill()
+            raise RuntimeError("the benchmark worker did not start within 300 s")
+        _, self.threads = self.conn.recv()
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.join(10)
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            try:
+                self.conn.send(("stop",))
+                self.proc.join(10)
+            except (BrokenPipeError, OSError):
+                pass
+        self._kill()
+
+    def _death(self) -> str:
+        if self.proc is not None:
+            self.proc.join(5)  # reap it, so that the exit code or signal is known
+        code = self.proc.exitcode if self.proc is not None else None
+        if code is not None and code < 0:
+            return f"worker killed by signal {signal.Signals(-code).name}"
+        return f"worker exited with code {code}"
+
+    def measure(self, case: Case, impls: list[str], timing: Timing, seed: int) -> Iterator[Outcome]:
+        """Yield one Outcome per implementation of ``case``, whatever happens to the worker."""
+        pending = list(impls)
+        while pending:
+            if self.proc is None or not self.proc.is_alive():
+                self._start()
+            self.conn.send(("case", case, pending, timing, seed))
+            current, stage, deadline = None, "starting", time.monotonic() + self.timeout_s
+            failure = None
+            while True:
+                try:
+                    ready = self.conn.poll(0.2)
+                    msg = self.conn.recv() if ready else None
+                except (EOFError, OSError):
+                    failure = ("error", f"{self._death()} while {stage}")
+                    break
+                if msg is None:
+                    if not self.proc.is_alive():
+                        failure = ("error", f"{self._death()} while {stage}")
+                        break
+                    if time.monotonic() > deadline:
+                        failure = ("timeout", f"exceeded --timeout {self.timeout_s:g}s while {stage}")
+                        break
+                    continue
+                if msg[0] == "phase":
+                    current, stage = msg[1], f"{msg[2]} ({msg[1]})"
+                    deadline = time.monotonic() + self.timeout_s
+                elif msg[0] == "outcome":
+                    if msg[1].impl in pending:
+                        pending.remove(msg[1].impl)
+                        yield msg[1]
+                elif msg[0] == "done":
+                    if msg[1]:  # the CUDA context is poisoned: this process cannot run another case
+                        self.proc.join(10)
+                        self._kill()
+                        self.restarts += 1
+                    for name in pending:
+                        yield Outcome(name, "error", "the worker returned no result for this implementation")
+                    pending = []
+                    break
+            if failure is None:
+                continue
+            self._kill()
+            self.restarts += 1
+            status, message = failure
+            if current in pending:  # that implementation is to blame; the others are re-run in a fresh worker
+                pending.remove(current)
+                yield Outcome(current, status, message)
+            else:  # the oracle (or start-up) failed: nothing can be checked for this case
+                for name in pending:
+                    yield Outcome(name, status, message)
+                pending = []
