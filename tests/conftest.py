@@ -22,6 +22,14 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+
+
+def pytest_configure(config):
+    """`pytest --benchmark-only` should time, even though the project's addopts disable benchmarks for plain runs."""
+    if config.getoption("benchmark_only", False):
+        config.option.benchmark_disable = False
+
+
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu,
                                                   pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")])]
