@@ -97,7 +97,8 @@ def compare_runs(base_dir: Path, new_dir: Path, threshold: float = 0.10, alpha: 
     fb, fn = fingerprint(base_env), fingerprint(new_env)
     if fb != fn:
         diff = {k: (fb[k], fn[k]) for k in fb if fb[k] != fn[k]}
-        msg = "the runs come from different environments: " + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
+        msg = "the runs come from different environments: " + ", ".join(
+            f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
         if not allow_env_mismatch:
             print(f"convbench compare: {msg} (pass --allow-env-mismatch to compare anyway)", file=sys.stderr)
             return 3

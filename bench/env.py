@@ -95,7 +95,8 @@ def gpu_telemetry() -> dict | None:
 def _throttle_names(nv, mask: int) -> list[str]:
     names = []
     for attr in dir(nv):
-        if attr.startswith(("nvmlClocksThrottleReason", "nvmlClocksEventReason")) and not attr.endswith(("None", "All")):
+        reason = attr.startswith(("nvmlClocksThrottleReason", "nvmlClocksEventReason"))
+        if reason and not attr.endswith(("None", "All")):
             bit = getattr(nv, attr)
             if isinstance(bit, int) and bit and mask & bit:
                 names.append(attr.split("Reason", 1)[1])

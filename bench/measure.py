@@ -66,7 +66,8 @@ def fresh_inputs(case: Case, seed: int, requires_grad: bool) -> dict:
     return case.problem.make_inputs(case.device, seed, requires_grad=requires_grad)
 
 
-def build_call(impl, case: Case, seed: int, expected: Expected) -> tuple[Callable[[], object], Callable[[object], Check]]:
+def build_call(impl, case: Case, seed: int,
+               expected: Expected) -> tuple[Callable[[], object], Callable[[object], Check]]:
     """The zero-argument callable to time for this (impl, case), and how to check what it returns."""
     p, dtype = case.problem, case.dtype
     if case.op == "conv2d":
@@ -185,7 +186,7 @@ def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
         time_interleaved([s for s, _, _ in samplers.values()], case.device, timing,
                          on_sample=lambda name: phase(name, "time"))
     except Exception as exc:  # noqa: BLE001 — a failure mid-timing fails every impl still being timed
-        for sampler, outcome, _ in samplers.values():
+        for _, outcome, _ in samplers.values():
             report(Outcome(outcome.impl, "error", f"during timing: {_describe(exc)}", outcome.backend))
         return
     for sampler, outcome, first_s in samplers.values():

@@ -43,8 +43,8 @@ def speedups(frame: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
         for impl, grp in sub.groupby("impl", sort=False):
             t = grp.set_index("case_key")["median_ms"].astype(float)
             shared = t.index.intersection(base.index)
-            out.append({"op": op, "impl": impl, "cases": len(grp),
-                        f"geomean speedup vs {baseline}": geomean(base[shared] / t[shared]) if len(shared) else math.nan,
+            speedup = geomean(base[shared] / t[shared]) if len(shared) else math.nan
+            out.append({"op": op, "impl": impl, "cases": len(grp), f"geomean speedup vs {baseline}": speedup,
                         "vs cases": len(shared), "geomean throughput": geomean(grp[col].astype(float)),
                         "unit": unit})
     return pd.DataFrame(out)
@@ -55,7 +55,7 @@ def case_table(frame: pd.DataFrame, op: str) -> pd.DataFrame:
     sub = frame[frame["op"] == op]
     col, unit = RATE[op]
     table = {}
-    for key, grp in sub.groupby("case_key", sort=False):
+    for _key, grp in sub.groupby("case_key", sort=False):
         label = case_label(grp.iloc[0])
         ok = grp[grp["status"] == "ok"]
         fastest = ok.loc[ok["median_ms"].astype(float).idxmin(), "impl"] if len(ok) else None

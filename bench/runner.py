@@ -23,9 +23,18 @@ import kernels
 
 from . import env as envmod
 from .cases import Case
-from .results import (FAILED, JsonlWriter, atomic_write, make_row, pytest_benchmark_json, read_jsonl, row_id,
-                      summary_frame, write_csv)
-from .suites import SUITES, Timing, suite_hash
+from .results import (
+    FAILED,
+    JsonlWriter,
+    atomic_write,
+    make_row,
+    pytest_benchmark_json,
+    read_jsonl,
+    row_id,
+    summary_frame,
+    write_csv,
+)
+from .suites import SUITES, suite_hash
 from .worker import Supervisor, WorkerConfig
 
 AXIS_ALIASES = {"kernel": "kernel_h", "n": "batch", "c": "in_channels", "k": "out_channels", "h": "height"}
@@ -122,8 +131,14 @@ class Progress:
         self.total, self.done = total, 0
         self.bar = None
         if enabled and sys.stderr.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False)

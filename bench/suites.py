@@ -85,9 +85,9 @@ CONV_AXES = {  # results-column name → how it changes a ConvProblem
 }
 
 
-def _valid(make: Callable[[], object]):
+def _valid(make: Callable[..., object], *args, **kwargs):
     try:
-        return make()
+        return make(*args, **kwargs)
     except ValueError:  # torch would refuse it: never generate it
         return None
 
@@ -97,7 +97,7 @@ def one_axis_at_a_time(base, axes: dict[str, list], changers: dict) -> list:
     problems = [base]
     for axis, values in axes.items():
         for v in values:
-            p = _valid(lambda: changers[axis](base, v))
+            p = _valid(changers[axis], base, v)
             if p is not None:
                 problems.append(p)
     return problems
@@ -109,7 +109,7 @@ def crossed(problems: Iterable, dtypes: Iterable[str], layouts: Iterable[str] | 
     for p in problems:
         for dt in dtypes:
             for lay in layouts or (p.layout,):
-                q = _valid(lambda: p.replace(dtype=dt, layout=lay))
+                q = _valid(p.replace, dtype=dt, layout=lay)
                 if q is not None:
                     out.append(q)
     return out
@@ -144,7 +144,8 @@ def _smoke(device: str) -> list[Case]:
     dts = _dtypes(device, ("float32",))
     convs = crossed([a, b, c], dts)
     pools = _pools(a.N, 8, 16, [dict(op="max_pool2d", kernel=(2, 2)),
-                                dict(op="max_pool2d", kernel=(3, 3), stride=(2, 2), padding=(1, 1), return_indices=True),
+                                dict(op="max_pool2d", kernel=(3, 3), stride=(2, 2), padding=(1, 1),
+                                     return_indices=True),
                                 dict(op="avg_pool2d", kernel=(2, 2)),
                                 dict(op="avg_pool2d", kernel=(3, 3), stride=(1, 1), padding=(1, 1),
                                      count_include_pad=False)], dts[:1], ("nchw",))

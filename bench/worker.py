@@ -44,7 +44,7 @@ def serve(conn, config: WorkerConfig) -> None:
         _, case, impls, timing, seed = msg
         reported: set[str] = set()
 
-        def report(outcome: Outcome) -> None:
+        def report(outcome: Outcome, reported=reported) -> None:
             reported.add(outcome.impl)
             conn.send(("outcome", outcome))
 

@@ -71,7 +71,7 @@ def get(name: str) -> Implementation:
     if not isinstance(name, str):
         raise TypeError(f"kernels.get: 'name' must be a str, got {type(name).__name__}")
     if name not in _REGISTRY:
-        why = f" (module failed to import: {_LOAD_ERRORS[name]})" if name in _LOAD_ERRORS else ""
+        why = "".join(f" ({module} failed to import: {err})" for module, err in _LOAD_ERRORS.items())
         raise ValueError(f"kernels.get: unknown implementation 'name'={name!r}{why}; registered: {', '.join(names())}")
     return _REGISTRY[name]
 

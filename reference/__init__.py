@@ -5,11 +5,27 @@ Nothing here depends on ``kernels`` or ``bench``; they depend on this.
 
 from . import oracle
 from .args import avg_pool2d_problem, conv2d_problem, max_pool2d_problem, pair
+from .models import (
+    ARCHITECTURES,
+    OPTIMIZERS,
+    BasicCNN,
+    SimpleCNN,
+    TrainAgreement,
+    TrainProblem,
+    build_model,
+    make_optimizer,
+    make_train_step,
+    reference_training,
+    synthetic_mnist,
+    train_agreement,
+)
 from .problems import DTYPES, FLOATING, LAYOUTS, ConvProblem, PoolProblem, dtype_name, layout_of, pooled_size
-from .tolerance import TOLERANCES, Check, Tolerance, check, check_exact, combine, tolerance
+from .tolerance import TOLERANCES, UPDATE_ULPS, Check, Tolerance, check, check_exact, combine, tolerance
 
 __all__ = [
     "oracle", "conv2d_problem", "max_pool2d_problem", "avg_pool2d_problem", "pair",
     "DTYPES", "FLOATING", "LAYOUTS", "ConvProblem", "PoolProblem", "dtype_name", "layout_of", "pooled_size",
-    "TOLERANCES", "Tolerance", "Check", "check", "check_exact", "combine", "tolerance",
+    "TOLERANCES", "Tolerance", "Check", "check", "check_exact", "combine", "tolerance", "UPDATE_ULPS",
+    "ARCHITECTURES", "OPTIMIZERS", "SimpleCNN", "BasicCNN", "TrainProblem", "TrainAgreement", "build_model",
+    "make_optimizer", "make_train_step", "reference_training", "synthetic_mnist", "train_agreement",
 ]

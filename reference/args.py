@@ -22,12 +22,13 @@ from .problems import FLOATING, ConvProblem, Pair, PoolProblem, dtype_name, layo
 
 
 def _int(op: str, arg: str, value) -> int:
-    if isinstance(value, bool) or isinstance(value, float):
-        raise TypeError(f"{op}: '{arg}' must be an int or a pair of ints, got {type(value).__name__} {value!r}")
+    wrong = TypeError(f"{op}: '{arg}' must be an int or a pair of ints, got {type(value).__name__} {value!r}")
+    if isinstance(value, (bool, float)):
+        raise wrong
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"{op}: '{arg}' must be an int or a pair of ints, got {type(value).__name__} {value!r}") from None
+        raise wrong from None
 
 
 def pair(op: str, arg: str, value, default: Pair | None = None) -> Pair:

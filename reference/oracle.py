@@ -89,7 +89,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     p = max_pool2d_problem(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     x, unbatched = _batched(input.to(torch.float64))
     values, tap = _pool_windows(x, p, float("-inf"), lambda win: tuple(win.max(dim=-1)))  # first max on ties
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
+    (_kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
     h = (torch.arange(p.P, device=x.device) * sh - ph)[:, None] + (tap // kw) * dh
     w = (torch.arange(p.Q, device=x.device) * sw - pw)[None, :] + (tap % kw) * dw
     rows, cols = p.first_taps(x.device)

@@ -255,7 +255,8 @@ class PoolProblem:
             raise _fail(op, "padding", f"must be at most half of kernel_size, got padding={self.padding}, "
                                        f"kernel_size={self.kernel}")
         if self.divisor_override is not None and (op != "avg_pool2d" or self.divisor_override == 0):
-            raise _fail(op, "divisor_override", f"must be a non-zero int (avg_pool2d only), got {self.divisor_override}")
+            raise _fail(op, "divisor_override",
+                        f"must be a non-zero int (avg_pool2d only), got {self.divisor_override}")
         if self.dtype not in DTYPES:
             raise _fail(op, "dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.layout not in LAYOUTS:
@@ -310,7 +311,8 @@ class PoolProblem:
     def bytes_moved(self) -> int:
         """Compulsory traffic: read the input once, write the output (and int64 indices) once."""
         outputs = self.N * self.C * self.P * self.Q
-        return (self.N * self.C * self.H * self.W + outputs) * self.itemsize + (8 * outputs if self.return_indices else 0)
+        indices = 8 * outputs if self.return_indices else 0
+        return (self.N * self.C * self.H * self.W + outputs) * self.itemsize + indices
 
     def first_taps(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Input row (P,) and column (Q,) of each window's first tap that is not in the top/left padding.

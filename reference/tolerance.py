@@ -82,7 +82,8 @@ def check(actual: torch.Tensor, expected: torch.Tensor, dtype: str | torch.dtype
     rel = diff / torch.clamp(torch.nan_to_num(e.abs(), nan=0.0, posinf=0.0), min=floor)
     bad = diff > bound
     ok = not bool(bad.any())
-    detail = "" if ok else f"{int(bad.sum())} of {bad.numel()} elements outside rtol={tol.rtol}, atol={tol.atol}·{scale:.3g}"
+    detail = "" if ok else (f"{int(bad.sum())} of {bad.numel()} elements outside rtol={tol.rtol}, "
+                            f"atol={tol.atol}·{scale:.3g}")
     return Check(diff.max().item(), rel.max().item(), ok, detail)
 
 
@@ -102,3 +103,13 @@ def combine(*checks: Check) -> Check:
     failed = [c.detail for c in checks if not c.ok]
     return Check(max(c.max_abs_err for c in checks), max(c.max_rel_err for c in checks), not failed,
                  "; ".join(failed))
+
+
+# ---- training steps (reference.models.train_agreement) ------------------------------------------------------------
+#: Added for the training step: an optimizer update is compared with the written-out float64 update from the same
+#: gradient and state, elementwise within UPDATE_ULPS · u · (max|update| + |new parameter|), u the unit roundoff of
+#: the storage dtype (2^-24 for float32 and tf32). SGD is two rounded operations and Adam about eight, whose terms
+#: can cancel (hence the tensor's largest update as the scale), and the new parameter is rounded once when stored;
+#: observed ≤ 5 ulps (Adam) on the CPU. 64 leaves room for fused / foreach / capturable optimizers and compiled
+#: steps that order the operations differently, while a wrong update (off by lr·g) is ~1e4 times larger in float32.
+UPDATE_ULPS = 64

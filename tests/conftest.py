@@ -8,6 +8,10 @@ import torch
 
 # Triton kernels run on the CPU only under the interpreter, which must be chosen before triton is imported.
 HAS_CUDA = torch.cuda.is_available()
+# float32 means IEEE float32 in every agreement test: cuDNN (and our kernels, which follow its flag) would otherwise
+# default to TF32 convolutions on Ampere+ GPUs; TF32 is benchmarked as its own dtype.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -38,7 +42,7 @@ DEVICES = [pytest.param("cpu", id="cpu"),
 def implementation(name: str, device: str):
     """The registered implementation, or a skip saying why it cannot run here."""
     if name not in kernels.names():
-        pytest.skip(f"{name} is not registered: {kernels.load_errors().get(name, 'no module provides it')}")
+        pytest.skip(f"{name} is not registered; import errors: {kernels.load_errors() or 'none'}")
     impl = kernels.get(name)
     reason = impl.unavailable_reason(device)
     if reason:

@@ -37,7 +37,8 @@ def test_smoke_case(benchmark, request, case, name):
     assert result.ok, result.detail
     benchmark.group = case.key
     benchmark.extra_info.update(op=case.op, impl=name, flops=case.flops(), bytes=case.bytes_moved(),
-                                max_abs_err=result.max_abs_err, backend=impl.backend(case.op, case.device, case.problem))
+                                max_abs_err=result.max_abs_err,
+                                backend=impl.backend(case.op, case.device, case.problem))
     if case.device == "cuda":
         benchmark.pedantic(lambda: (call(), torch.cuda.synchronize()), rounds=50, warmup_rounds=5)
     else:

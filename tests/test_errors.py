@@ -178,13 +178,14 @@ def test_conv_accepts_exactly_what_torch_accepts(N, C, H, W, K, R, S, groups, bi
     torch_ok, expected = _outcome(lambda: F.conv2d(x, w, b, **args))
     ours_ok, problem = _outcome(lambda: conv2d_problem(x, w, b, **args))
     if x.numel() == 0 and 0 in (dilation if isinstance(dilation, tuple) else (dilation,)):
-        # torch skips its dilation > 0 check for empty inputs; convbench refuses dilation 0 always (see REFUSED_BY_CONVBENCH)
+        # torch skips its dilation > 0 check for empty inputs; convbench always refuses dilation 0
+        # (see REFUSED_BY_CONVBENCH)
         assert not ours_ok
         return
     assert torch_ok == ours_ok, f"torch {'accepts' if torch_ok else 'refuses'}, convbench: {problem}"
     if torch_ok:
         for name in ("naive", "im2col"):
-            got = getattr(kernels.get(name), "conv2d")(x, w, b, **args)
+            got = kernels.get(name).conv2d(x, w, b, **args)
             torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 

@@ -63,7 +63,8 @@ def test_max_pool_ties_nan_and_return_indices_flag(name, device):
     for kw in [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 3), dilation=2, ceil_mode=True)]:
         v, i = impl.max_pool2d(x, return_indices=True, **kw)
         tv, ti = ORACLE["max_pool2d"](x, return_indices=True, **kw)
-        assert torch.equal(v.cpu().double(), tv.cpu()) and torch.equal(i.cpu(), ti.cpu()), f"ties pick the first max {kw}"
+        same = torch.equal(v.cpu().double(), tv.cpu()) and torch.equal(i.cpu(), ti.cpu())
+        assert same, f"ties pick the first max {kw}"
     assert isinstance(impl.max_pool2d(x, 2), torch.Tensor)  # return_indices=False → a tensor, not a tuple
     y = torch.zeros(1, 1, 4, 4, device=device)
     y[0, 0, 1, 2] = float("nan")

@@ -1,0 +1,810 @@
+"""Triton conv2d kernels: forward (implicit GEMM and direct), input gradient (dgrad) and weight gradient (wgrad).
+
+Letters: input N×C×H×W, weight K×(C/G)×R×S, output N×K×P×Q, G groups, Cg = C/G and Kg = K/G channels per group.
+Every kernel takes each tensor as a base pointer plus its four strides, so NCHW, channels_last (NHWC) and any other
+strided layout run unchanged; NHWC is the fast path, where a tile's channel axis is contiguous (Triton specialises a
+stride of 1 and vectorises those loads). Sums run in fp32 (fp64 for fp64 inputs); fp16/bf16 operands feed the
+tensor cores directly, fp32 operands as TF32 or in full IEEE precision (``precision``), as cuDNN does.
+
+Which kernel runs (``conv_path``):
+- ``gemm``:   implicit GEMM, M = N·P·Q output pixels, N = Kg output channels, reduction R·S·Cg, one program per
+              BLOCK_M×BLOCK_N output tile and group, one flat loop over (tap, BLOCK_K channel block).
+- ``gemm-flat``: the same, reducing over the flattened (r, s, c) axis decoded per element: no channel padding
+              when Cg is small or not a multiple of 16 (e.g. an RGB stem).
+- ``direct``: Kg < 16 (depthwise, ResNeXt-style tiny groups): a GEMM tile would be mostly padding, so each program
+              owns BLOCK_M pixels × BLOCK_N output channels of all groups and accumulates R·S·Cg outer products on
+              the FMA units.
+dgrad uses the same two shapes on the transposed problem and splits the input pixels by stride phase; wgrad splits
+its long N·P·Q reduction across programs (split-K) into an fp32 buffer reduced deterministically afterwards.
+
+Under the interpreter (TRITON_INTERPRET=1, CPU, correctness only) each autotuned kernel has one config with big
+blocks: every Triton op there is a numpy call, so fewer, larger programs are faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from reference import ConvProblem
+
+#: True when the kernels below are interpreted on the CPU (decided by TRITON_INTERPRET when triton was imported)
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+#: benchmark every config on a problem's first call (False: take the first config that fits — quick first calls,
+#: e.g. for tests on a GPU; CONVBENCH_TRITON_AUTOTUNE=0 sets it at import)
+AUTOTUNE = os.environ.get("CONVBENCH_TRITON_AUTOTUNE", "1") != "0"
+
+#: tensor-core tile edge: a per-group channel count below it would leave most of a GEMM tile empty, so such
+#: problems go to the direct kernels
+MIN_DOT = 16
+#: largest element offset a kernel computes in int32; bigger tensors are processed in batch chunks
+INT32_LIMIT = 2**31 - 1
+
+
+@contextlib.contextmanager
+def _overflow_sanitizer_off():
+    """The interpreter checks every int32 add/sub/mul for overflow (a cast to int64 and an assert each), which
+    doubles its cost; compiled kernels never do this outside debug mode, and our offsets stay int32 by
+    construction (batch_chunks). Switched off for the duration of our launches only, and restored after."""
+    try:
+        from triton.runtime import interpreter
+        builder = interpreter.interpreter_builder
+        saved = builder.options
+        builder.options = dataclasses.replace(saved, sanitize_overflow=False)
+    except (ImportError, AttributeError, TypeError):  # a triton without this internal: just run slower
+        yield
+        return
+    try:
+        yield
+    finally:
+        builder.options = saved
+
+
+def launches(fn):
+    """Decorator for the host functions that launch kernels: on a GPU the launches go to the device of the first
+    tensor argument (Triton launches on the current device), under the interpreter see _overflow_sanitizer_off."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            if INTERPRETED:
+                stack.enter_context(_overflow_sanitizer_off())
+            else:
+                device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+                if device is not None and device.type == "cuda":
+                    stack.enter_context(torch.cuda.device(device))
+            return fn(*args, **kwargs)
+    return run
+
+
+# ---- configs ------------------------------------------------------------------------------------------------------
+def _cfg(bm, bn, bk, warps, stages, group_m=8):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+                         num_warps=warps, num_stages=stages)
+
+
+# H100 (sm_90, 228 KB shared memory per SM): the matmul-tutorial shapes for 16-bit and TF32 tensor-core tiles,
+# plus narrow and fp64-sized tiles; _prune_gemm drops those that waste a tile on small channel counts or
+# overflow shared memory for the element size.
+# The first config that survives pruning is the untuned default (AUTOTUNE off).
+GEMM_CONFIGS = [
+    _cfg(128, 128, 32, 4, 4), _cfg(128, 64, 32, 4, 4), _cfg(64, 64, 32, 4, 3), _cfg(64, 32, 32, 4, 5),
+    _cfg(128, 256, 64, 8, 3), _cfg(256, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 4),
+    _cfg(64, 128, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(32, 64, 32, 4, 5), _cfg(64, 64, 16, 4, 2),
+    _cfg(32, 32, 16, 4, 2),
+]
+DIRECT_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+    for bm, bn, w, st in [(64, 64, 4, 3), (128, 32, 4, 3), (32, 128, 4, 3), (128, 64, 8, 3), (256, 32, 8, 2),
+                          (64, 16, 2, 3), (32, 32, 2, 3)]
+]
+WGRAD_DIRECT_CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+    for bn, bk, w, st in [(64, 64, 4, 3), (32, 128, 4, 3), (128, 32, 4, 3), (16, 256, 4, 3), (64, 128, 8, 3)]
+]
+FWD_CONFIGS = DGRAD_CONFIGS = WGRAD_CONFIGS = GEMM_CONFIGS
+if INTERPRETED:
+    # One config each (autotuning the interpreter would time numpy), with big blocks: an interpreted op costs
+    # ~50 µs of Python whatever its size, so fewer programs and loop trips win. wgrad's M is Kg, its K is N·P·Q.
+    FWD_CONFIGS = DGRAD_CONFIGS = [_cfg(256, 32, 32, 1, 1)]
+    WGRAD_CONFIGS = [_cfg(32, 64, 128, 1, 1)]
+    DIRECT_CONFIGS = [triton.Config({"BLOCK_M": 256, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    WGRAD_DIRECT_CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_warps=1, num_stages=1)]
+
+
+def _prune_gemm(configs, named_args, **kwargs):
+    """Keep the tiles that fit this GEMM: shared memory for the element size (H100: 227 KB per block), block edges
+    no wider than the (power-of-two rounded) sizes they tile, and small tiles for fp64 (DMMA, register-bound)."""
+    if len(configs) == 1:
+        return configs
+    itemsize = named_args["a_ptr"].element_size()
+    rows, cols, red = named_args["GEMM_M"], named_args["GEMM_N"], named_args["GEMM_RED"]
+    m_cap = max(MIN_DOT, triton.next_power_of_2(rows))
+    n_cap = max(MIN_DOT, triton.next_power_of_2(cols))
+    k_cap = max(MIN_DOT, triton.next_power_of_2(red))
+    kept = []
+    for c in configs:
+        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        if itemsize == 8 and (bm * bn > 64 * 64 or bk > 16):
+            continue
+        if (c.num_stages + 1) * (bm + bn) * bk * itemsize > 224 * 1024:  # stage buffers (+1 measured on sm_90)
+            continue
+        if bm > m_cap or bn > n_cap or bk > k_cap:
+            continue
+        kept.append(c)
+    kept = kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return kept if AUTOTUNE else kept[:1]
+
+
+def _prune_untuned(configs, named_args, **kwargs):
+    """No filtering; only the first config when AUTOTUNE is off."""
+    return configs if AUTOTUNE else configs[:1]
+
+
+TUNING = {"early_config_prune": _prune_untuned}
+
+
+# ---- shared device helpers ----------------------------------------------------------------------------------------
+@triton.jit
+def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(tile row, tile column) of program ``pid`` in GROUP_M-row bands (the matmul tutorial's L2-friendly order)."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    band = GROUP_M * num_n
+    first_m = (pid // band) * GROUP_M
+    rows = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % band) % rows, (pid % band) // rows
+
+
+@triton.jit
+def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += a @ b. UPCAST (interpreter with bf16 only) widens the operands first: triton 3.9's interpreter
+    computes garbage from bf16 dot operands, while bf16 → fp32 is exact, so the product is the same."""
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+# ---- forward ------------------------------------------------------------------------------------------------------
+# Implicit GEMM: y[m, k] = Σ_{r, s, c} x[n, g·Cg + c, p·sh − pt + r·dh, q·sw − pl + s·dw] · w[g·Kg + k, c, r, s] with
+# m = (n, p, q). One program owns a BLOCK_M (pixels) × BLOCK_N (output channels of group g) tile; the A tile is
+# gathered straight from the input (padding taps masked to 0, no im2col buffer), the B tile from the weight.
+# Traffic: each input element is read once per tap that covers it and per BLOCK_N tile column (R·S·⌈Kg/BLOCK_N⌉
+# times, mostly from L2), the weight once per BLOCK_M row of tiles, the output written once with the bias and
+# ReLU applied in registers.
+@triton.autotune(configs=FWD_CONFIGS, key=["GEMM_M", "GEMM_N", "GEMM_RED", "H", "W", "R", "S", "FLAT_K", "PRECISION"],
+                 prune_configs_by={"early_config_prune": _prune_gemm})
+@triton.jit
+def _conv_fwd_gemm_kernel(
+    a_ptr, w_ptr, b_ptr, y_ptr,
+    GEMM_M, GEMM_N, GEMM_RED, H, W, P, Q, Cg,
+    sxn, sxc, sxh, sxw, swk, swc, swr, sws, syn, syk, syp, syq,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    R: tl.constexpr, S: tl.constexpr, FLAT_K: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    g = tl.program_id(1)
+    Kg = GEMM_N
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), GEMM_M, Kg, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < GEMM_M
+    n_ok = rn < Kg
+    n = rm // (P * Q)
+    p = (rm // Q) % P
+    q = rm % Q
+    ih0 = p * str_h - pad_h
+    iw0 = q * str_w - pad_w
+    x_rows = a_ptr + n * sxn + (g * Cg) * sxc  # [BLOCK_M] row base pointers
+    w_cols = w_ptr + (g * Kg + rn) * swk  # [BLOCK_N] column base pointers
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    # One flat loop over the whole reduction, so that Triton's software pipeliner (num_stages) overlaps the next
+    # tiles' loads with this tile's MMA — nested tap/channel loops would leave only the short innermost one to it.
+    if FLAT_K:
+        # reduction index t = (r·S + s)·Cg + c, decoded per element: no channel padding when Cg is small
+        for t0 in range(0, GEMM_RED, BLOCK_K):
+            t = t0 + rk
+            t_ok = t < GEMM_RED
+            c = t % Cg
+            r = t // (Cg * S)
+            s = (t // Cg) % S
+            ih = ih0[:, None] + (r * dil_h)[None, :]
+            iw = iw0[:, None] + (s * dil_w)[None, :]
+            a_ok = m_ok[:, None] & t_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_rows[:, None] + ih * sxh + iw * sxw + (c * sxc)[None, :], mask=a_ok, other=0.0)
+            b = tl.load(w_cols[None, :] + (c * swc + r * swr + s * sws)[:, None],
+                        mask=t_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = _mma(a, b, acc, PRECISION, UPCAST)
+    else:
+        # iteration = (tap r·S + s, channel block): the tap's row offsets and masks are BLOCK_M-vector work
+        c_blocks = tl.cdiv(Cg, BLOCK_K)
+        for it in range(R * S * c_blocks):
+            r = it // (S * c_blocks)
+            s = (it // c_blocks) % S
+            c = (it % c_blocks) * BLOCK_K + rk
+            c_ok = c < Cg
+            ih = ih0 + r * dil_h
+            iw = iw0 + s * dil_w
+            row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load((x_rows + ih * sxh + iw * sxw)[:, None] + (c * sxc)[None, :],
+                        mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_cols[None, :] + (r * swr + s * sws + c * swc)[:, None], mask=c_ok[:, None] & n_ok[None, :],
+                        other=0.0)
+            acc = _mma(a, b, acc, PRECISION, UPCAST)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + g * Kg + rn, mask=n_ok, other=0.0).to(ACC)[None, :]
+    if RELU:
+        acc = tl.where(acc < 0, 0.0, acc)  # NaN stays NaN, as torch.relu
+    y = y_ptr + (n * syn + p * syp + q * syq)[:, None] + ((g * Kg + rn) * syk)[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# Direct convolution for tiny per-group output counts (depthwise, channel multipliers, ResNeXt 4-wide groups):
+# y[m, k] = Σ_{r, s, j < Cg} x[n, g(k)·Cg + j, ih, iw] · w[k, j, r, s], g(k) = k // Kg. One program owns BLOCK_M
+# pixels × BLOCK_N output channels (any groups) and does R·S·Cg rank-1 updates on the FMA units — no tile padding
+# to the tensor-core minimum of 16. Traffic: each input element read R·S times (L1/L2 hits after the first), the weight
+# once per program, the output written once.
+@triton.autotune(configs=DIRECT_CONFIGS, key=["M", "K", "Cg", "Kg", "H", "W", "R", "S"], prune_configs_by=TUNING)
+@triton.jit
+def _conv_fwd_direct_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, K, H, W, P, Q, Cg, Kg,
+    sxn, sxc, sxh, sxw, swk, swc, swr, sws, syn, syk, syp, syq,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    k_ok = k < K
+    n = rm // (P * Q)
+    p = (rm // Q) % P
+    q = rm % Q
+    ih0 = p * str_h - pad_h
+    iw0 = q * str_w - pad_w
+    x_rows = x_ptr + n * sxn
+    x_chan = ((k // Kg) * Cg) * sxc  # first input channel of each output channel's group
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for r in range(R):
+        ih = ih0 + r * dil_h
+        h_ok = m_ok & (ih >= 0) & (ih < H)
+        for s in range(S):
+            iw = iw0 + s * dil_w
+            ok = (h_ok & (iw >= 0) & (iw < W))[:, None] & k_ok[None, :]
+            a_ptrs = (x_rows + ih * sxh + iw * sxw)[:, None] + x_chan[None, :]
+            w_ptrs = w_ptr + k * swk + r * swr + s * sws
+            for j in range(Cg):
+                a = tl.load(a_ptrs + j * sxc, mask=ok, other=0.0).to(ACC)
+                wv = tl.load(w_ptrs + j * swc, mask=k_ok, other=0.0).to(ACC)
+                acc += a * wv[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k, mask=k_ok, other=0.0).to(ACC)[None, :]
+    if RELU:
+        acc = tl.where(acc < 0, 0.0, acc)
+    y = y_ptr + (n * syn + p * syp + q * syq)[:, None] + (k * syk)[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
+
+
+# ---- dgrad --------------------------------------------------------------------------------------------------------
+@triton.jit
+def _live_taps(phase, pad, dil, stride, step, T: tl.constexpr):
+    """(first, count) of the taps t < T that reach input pixels of ``phase`` (≡ pixel mod stride), i.e. with
+    (phase + pad − t·dil) divisible by stride: they are t = first + u·step, u < count, step = stride / gcd(stride,
+    dil). Scalar work, once per program."""
+    first = phase * 0 + T
+    for t in range(step):
+        hit = ((phase + pad - t * dil) % stride == 0) & (first == T)
+        first = tl.where(hit, t, first)
+    return first, (T - first + step - 1) // step
+
+
+# dx[n, g·Cg + c, h, w] = Σ_{r, s, k} dy[n, g·Kg + k, p, q] · w[g·Kg + k, c, r, s] over the taps with
+# p·sh = h + pt − r·dh and q·sw = w + pl − s·dw exactly. Stride decomposition: the input pixels are split into the
+# sh·sw phases (h mod sh, w mod sw); inside one phase the taps (r, s) that can hit are the same for every pixel —
+# an arithmetic progression per axis (_live_taps) — so a program loops over those only (a masked-tap version would
+# load and discard (sh·sw−1)/(sh·sw) of the dy tiles) and p = i + (phase + pt − r·dh)/sh is an exact shift. Each
+# phase is then an implicit GEMM, M = N·⌈H/sh⌉·⌈W/sw⌉ pixels, N = Cg input channels, reduction over live taps × Kg,
+# in one flat (pipelinable) loop. One program owns a BLOCK_M×BLOCK_N tile of one phase and group. Traffic: dy read
+# once per live tap and BLOCK_N column of tiles, the weight once per tile row, dx written once (no zero-fill, no
+# atomics). RELU_MASK (the fused conv+ReLU's backward) zeroes dy where the saved output y ≤ 0, reading y alongside
+# dy instead of materialising a masked copy of dy.
+@triton.autotune(configs=DGRAD_CONFIGS,
+                 key=["GEMM_M", "GEMM_N", "GEMM_RED", "H", "W", "R", "S", "str_h", "str_w", "PRECISION"],
+                 prune_configs_by={"early_config_prune": _prune_gemm})
+@triton.jit
+def _conv_dgrad_gemm_kernel(
+    a_ptr, w_ptr, y_ptr, dx_ptr,
+    GEMM_M, GEMM_N, GEMM_RED, N, H, W, P, Q, Kg,
+    sdn, sdk, sdp, sdq, swk, swc, swr, sws, sxn, sxc, sxh, sxw,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w,
+    R: tl.constexpr, S: tl.constexpr, RELU_MASK: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    Cg = GEMM_N
+    phases = str_h * str_w
+    g = tl.program_id(1) // phases
+    ph = (tl.program_id(1) % phases) // str_w  # this program's h mod sh
+    pw = tl.program_id(1) % str_w
+    Hc = (H - ph + str_h - 1) // str_h  # pixels of this phase per column / row
+    Wc = (W - pw + str_w - 1) // str_w
+    M = N * Hc * Wc
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), GEMM_M, Cg, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    c_ok = rn < Cg
+    n = rm // tl.maximum(Hc * Wc, 1)
+    i = (rm // tl.maximum(Wc, 1)) % tl.maximum(Hc, 1)
+    j = rm % tl.maximum(Wc, 1)
+    dy_rows = n * sdn + (g * Kg) * sdk  # [BLOCK_M] element offsets (y shares dy's strides)
+    w_cols = w_ptr + (g * Kg) * swk + rn * swc
+    r0, nr = _live_taps(ph, pad_h, dil_h, str_h, step_h, R)
+    s0, ns = _live_taps(pw, pad_w, dil_w, str_w, step_w, S)
+    k_blocks = tl.cdiv(Kg, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for it in range(nr * ns * k_blocks):
+        r = r0 + (it // (ns * k_blocks)) * step_h
+        s = s0 + ((it // k_blocks) % ns) * step_w
+        k = (it % k_blocks) * BLOCK_K + rk
+        k_ok = k < Kg
+        p = i + (ph + pad_h - r * dil_h) // str_h  # exact divisions: r and s are live taps
+        q = j + (pw + pad_w - s * dil_w) // str_w
+        row_ok = m_ok & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        a_offs = (dy_rows + p * sdp + q * sdq)[:, None] + (k * sdk)[None, :]
+        a_mask = row_ok[:, None] & k_ok[None, :]
+        a = tl.load(a_ptr + a_offs, mask=a_mask, other=0.0)
+        if RELU_MASK:
+            alive = tl.load(y_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32) > 0
+            a = tl.where(alive, a, tl.zeros_like(a))
+        b = tl.load(w_cols[None, :] + (r * swr + s * sws + k * swk)[:, None], mask=k_ok[:, None] & c_ok[None, :],
+                    other=0.0)
+        acc = _mma(a, b, acc, PRECISION, UPCAST)
+    h = ph + i * str_h
+    w = pw + j * str_w
+    dx = dx_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + ((g * Cg + rn) * sxc)[None, :]
+    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+
+# Direct dgrad for tiny groups (the transpose of _conv_fwd_direct_kernel, same stride phases as the GEMM above):
+# dx[m, c] = Σ_{live r, s} Σ_{j < Kg} dy[n, g(c)·Kg + j, p, q] · w[g(c)·Kg + j, c mod Cg, r, s]. One program owns
+# BLOCK_M pixels of one phase × BLOCK_N input channels. Traffic: dy read once per live tap (cache hits after the first),
+# the weight once per program, dx written once.
+@triton.autotune(configs=DIRECT_CONFIGS, key=["M", "C", "Cg", "Kg", "H", "W", "R", "S", "str_h", "str_w"],
+                 prune_configs_by=TUNING)
+@triton.jit
+def _conv_dgrad_direct_kernel(
+    dy_ptr, w_ptr, y_ptr, dx_ptr,
+    M, C, N, H, W, P, Q, Cg, Kg,
+    sdn, sdk, sdp, sdq, swk, swc, swr, sws, sxn, sxc, sxh, sxw,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w, step_h, step_w,
+    R: tl.constexpr, S: tl.constexpr, RELU_MASK: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    ph = tl.program_id(2) // str_w
+    pw = tl.program_id(2) % str_w
+    Hc = (H - ph + str_h - 1) // str_h
+    Wc = (W - pw + str_w - 1) // str_w
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rc = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < N * Hc * Wc
+    c_ok = rc < C
+    n = rm // tl.maximum(Hc * Wc, 1)
+    i = (rm // tl.maximum(Wc, 1)) % tl.maximum(Hc, 1)
+    j = rm % tl.maximum(Wc, 1)
+    k_first = (rc // Cg) * Kg  # first output channel of each input channel's group
+    w_base = w_ptr + k_first * swk + (rc % Cg) * swc
+    r0, nr = _live_taps(ph, pad_h, dil_h, str_h, step_h, R)
+    s0, ns = _live_taps(pw, pad_w, dil_w, str_w, step_w, S)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for u in range(nr):
+        r = r0 + u * step_h
+        p = i + (ph + pad_h - r * dil_h) // str_h
+        p_ok = m_ok & (p >= 0) & (p < P)
+        for v in range(ns):
+            s = s0 + v * step_w
+            q = j + (pw + pad_w - s * dil_w) // str_w
+            ok = (p_ok & (q >= 0) & (q < Q))[:, None] & c_ok[None, :]
+            offs = (n * sdn + p * sdp + q * sdq)[:, None] + (k_first * sdk)[None, :]
+            w_tap = w_base + r * swr + s * sws
+            for kk in range(Kg):
+                a = tl.load(dy_ptr + offs + kk * sdk, mask=ok, other=0.0).to(ACC)
+                if RELU_MASK:
+                    alive = tl.load(y_ptr + offs + kk * sdk, mask=ok, other=0.0).to(tl.float32) > 0
+                    a = tl.where(alive, a, 0.0)
+                wv = tl.load(w_tap + kk * swk, mask=c_ok, other=0.0).to(ACC)
+                acc += a * wv[None, :]
+    h = ph + i * str_h
+    w = pw + j * str_w
+    dx = dx_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + (rc * sxc)[None, :]
+    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
+
+
+# ---- wgrad --------------------------------------------------------------------------------------------------------
+# dw[g·Kg + k, c, r, s] = Σ_{l = (n, p, q)} dy[n, g·Kg + k, p, q] · x[n, g·Cg + c, p·sh − pt + r·dh, q·sw − pl + s·dw]:
+# a GEMM with M = Kg, N = Cg per tap (or the flattened (r, s, c) axis when FLAT), reduction L = N·P·Q — long and
+# thin, so it is split (split-K): program_id(2) sums rows [split·rows_per_split, (split+1)·rows_per_split) only and
+# writes its BLOCK_M×BLOCK_N partial tile to its own slice of an fp32 buffer (fp64 for fp64), which
+# _split_reduce_kernel then sums in split order — deterministic, no atomics. With one split the tile is stored
+# straight into dw. HAS_BIAS: the programs of tile column 0 and tap 0 also row-sum the dy tile they already hold
+# — the bias gradient for free. Traffic: dy read once per tile column and tap, x once per tile row, the partials
+# written once and read once.
+@triton.autotune(configs=WGRAD_CONFIGS,
+                 key=["GEMM_M", "GEMM_N", "GEMM_RED", "rows_per_split", "R", "S", "FLAT", "PRECISION"],
+                 prune_configs_by={"early_config_prune": _prune_gemm})
+@triton.jit
+def _conv_wgrad_gemm_kernel(
+    a_ptr, x_ptr, y_ptr, dw_ptr, db_ptr,
+    GEMM_M, GEMM_N, GEMM_RED, rows_per_split, H, W, P, Q, Cg,
+    sdn, sdk, sdp, sdq, sxn, sxc, sxh, sxw,
+    s_split, sok, soc, sor, sos, sb_split,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    R: tl.constexpr, S: tl.constexpr, FLAT: tl.constexpr, HAS_BIAS: tl.constexpr, RELU_MASK: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    Kg = GEMM_M
+    if FLAT:
+        g = tl.program_id(1)
+        tap = 0
+    else:
+        g = tl.program_id(1) // (R * S)
+        tap = tl.program_id(1) % (R * S)
+    split = tl.program_id(2)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), Kg, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < Kg
+    n_ok = rn < GEMM_N
+    if FLAT:  # column = (r·S + s)·Cg + c
+        c = rn % Cg
+        r = rn // (Cg * S)
+        s = (rn // Cg) % S
+    else:
+        c = rn
+        r = tap // S
+        s = tap % S
+    dy_cols = (g * Kg + rm) * sdk  # [BLOCK_M] offsets (y shares dy's strides)
+    x_cols = x_ptr + (g * Cg + c) * sxc
+    start = split * rows_per_split
+    end = tl.minimum(start + rows_per_split, GEMM_RED)
+    bias_program = (pid_n == 0) & (tap == 0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    bacc = tl.zeros((BLOCK_M,), dtype=ACC)
+    for l0 in range(start, end, BLOCK_K):
+        l = l0 + rk
+        l_ok = l < end
+        n = l // (P * Q)
+        p = (l // Q) % P
+        q = l % Q
+        a_offs = dy_cols[:, None] + (n * sdn + p * sdp + q * sdq)[None, :]
+        a_mask = m_ok[:, None] & l_ok[None, :]
+        a = tl.load(a_ptr + a_offs, mask=a_mask, other=0.0)
+        if RELU_MASK:
+            alive = tl.load(y_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32) > 0
+            a = tl.where(alive, a, tl.zeros_like(a))
+        if FLAT:
+            ih = (p * str_h - pad_h)[:, None] + (r * dil_h)[None, :]
+            iw = (q * str_w - pad_w)[:, None] + (s * dil_w)[None, :]
+            b_ok = l_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = tl.load(x_cols[None, :] + (n * sxn)[:, None] + ih * sxh + iw * sxw, mask=b_ok, other=0.0)
+        else:
+            ih = p * str_h - pad_h + r * dil_h
+            iw = q * str_w - pad_w + s * dil_w
+            row_ok = l_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            b = tl.load(x_cols[None, :] + (n * sxn + ih * sxh + iw * sxw)[:, None],
+                        mask=row_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _mma(a, b, acc, PRECISION, UPCAST)
+        if HAS_BIAS:
+            if bias_program:
+                bacc += tl.sum(a.to(ACC), axis=1)
+    out = dw_ptr + split * s_split + ((g * Kg + rm) * sok)[:, None] + (c * soc + r * sor + s * sos)[None, :]
+    tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    if HAS_BIAS:
+        if bias_program:
+            tl.store(db_ptr + split * sb_split + g * Kg + rm, bacc.to(db_ptr.dtype.element_ty), mask=m_ok)
+
+
+# Direct wgrad for tiny groups: dw[k, j, r, s] = Σ_l dy[l, k] · x[l @ tap (r, s), g(k)·Cg + j]. One program owns
+# BLOCK_N output channels (any groups) of one (tap, j) pair and one split of the L = N·P·Q rows; it multiplies
+# BLOCK_K×BLOCK_N tiles elementwise and reduces over the rows once at the end. Traffic: dy read R·S·Cg times, x
+# once per tap, partials as in the GEMM version; program (tap 0, j 0) also sums dy for the bias gradient.
+@triton.autotune(configs=WGRAD_DIRECT_CONFIGS, key=["L", "K", "Cg", "Kg", "rows_per_split", "R", "S"],
+                 prune_configs_by=TUNING)
+@triton.jit
+def _conv_wgrad_direct_kernel(
+    dy_ptr, x_ptr, y_ptr, dw_ptr, db_ptr,
+    L, K, rows_per_split, H, W, P, Q, Cg, Kg,
+    sdn, sdk, sdp, sdq, sxn, sxc, sxh, sxw,
+    s_split, sok, soc, sor, sos, sb_split,
+    str_h, str_w, pad_h, pad_w, dil_h, dil_w,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, RELU_MASK: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    k = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    jj = tl.program_id(0) % Cg
+    tap = tl.program_id(0) // Cg
+    r = tap // S
+    s = tap % S
+    split = tl.program_id(2)
+    k_ok = k < K
+    x_chan = ((k // Kg) * Cg + jj) * sxc
+    start = split * rows_per_split
+    end = tl.minimum(start + rows_per_split, L)
+    bias_program = tl.program_id(0) == 0
+    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
+    bacc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
+    for l0 in range(start, end, BLOCK_K):
+        l = l0 + tl.arange(0, BLOCK_K)
+        l_ok = l < end
+        n = l // (P * Q)
+        p = (l // Q) % P
+        q = l % Q
+        dy_offs = (n * sdn + p * sdp + q * sdq)[:, None] + (k * sdk)[None, :]
+        dy_mask = l_ok[:, None] & k_ok[None, :]
+        a = tl.load(dy_ptr + dy_offs, mask=dy_mask, other=0.0).to(ACC)
+        if RELU_MASK:
+            alive = tl.load(y_ptr + dy_offs, mask=dy_mask, other=0.0).to(tl.float32) > 0
+            a = tl.where(alive, a, 0.0)
+        ih = p * str_h - pad_h + r * dil_h
+        iw = q * str_w - pad_w + s * dil_w
+        row_ok = l_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xv = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + x_chan[None, :],
+                     mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
+        acc += a * xv
+        if HAS_BIAS:
+            if bias_program:
+                bacc += a
+    out = dw_ptr + split * s_split + k * sok + jj * soc + r * sor + s * sos
+    tl.store(out, tl.sum(acc, axis=0).to(dw_ptr.dtype.element_ty), mask=k_ok)
+    if HAS_BIAS:
+        if bias_program:
+            tl.store(db_ptr + split * sb_split + k, tl.sum(bacc, axis=0).to(db_ptr.dtype.element_ty), mask=k_ok)
+
+
+# Split-K reduction: dst[i] = Σ_{split} src[split, i], summed in split order in ACC precision and cast to dst's
+# dtype. One program owns BLOCK contiguous elements. Traffic: the partials read once, dst written once.
+@triton.jit
+def _split_reduce_kernel(src_ptr, dst_ptr, numel, splits, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=ACC)
+    for i in range(splits):
+        acc += tl.load(src_ptr + i * numel + offs, mask=ok, other=0.0).to(ACC)
+    tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=ok)
+
+
+# ---- host side ----------------------------------------------------------------------------------------------------
+def acc_dtype(dtype: torch.dtype):
+    """Triton accumulator type: fp64 for fp64, fp32 otherwise."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def tf32_enabled() -> bool:
+    """Whether cuDNN convolutions may use TF32 for fp32 now: torch's per-backend flag
+    (torch.backends.cudnn.conv.fp32_precision), else the legacy torch.backends.cudnn.allow_tf32."""
+    try:
+        return torch.backends.cudnn.conv.fp32_precision == "tf32"
+    except AttributeError:  # torch without the fp32_precision API
+        return bool(torch.backends.cudnn.allow_tf32)
+
+
+def precision(dtype: torch.dtype) -> str:
+    """tl.dot input_precision: 'tf32' for fp32 exactly when cuDNN would use TF32, else 'ieee' (fp16/bf16 products
+    are exact in fp32 accumulation, fp64 has no reduced-precision mode)."""
+    return "tf32" if dtype == torch.float32 and tf32_enabled() else "ieee"
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return INTERPRETED and dtype == torch.bfloat16
+
+
+def conv_path(p: ConvProblem) -> str:
+    """'direct' (Kg < 16), 'gemm-flat' (Cg < 32 or not a multiple of 16: reduce over flattened r, s, c) or 'gemm'."""
+    Cg, Kg = p.C // p.groups, p.K // p.groups
+    if Kg < MIN_DOT:
+        return "direct"
+    return "gemm-flat" if Cg < 2 * MIN_DOT or Cg % MIN_DOT else "gemm"
+
+
+def dgrad_path(p: ConvProblem) -> str:
+    """'direct' when the per-tap reduction Kg is below the tensor-core minimum, else 'gemm' (a small Cg only pads
+    the tile's columns, which costs less than leaving the tensor cores for FMAs)."""
+    return "direct" if p.K // p.groups < MIN_DOT else "gemm"
+
+
+def wgrad_path(p: ConvProblem) -> str:
+    """Same split as the forward: 'direct' for Kg < 16, 'gemm-flat' for small Cg, else 'gemm'."""
+    return conv_path(p)
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format torch gives a conv/pool output for input ``x``: channels_last when x is channels_last
+    (and not also plain contiguous), else contiguous."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _max_offset(t: torch.Tensor) -> int:
+    return sum((d - 1) * abs(s) for d, s in zip(t.shape, t.stride()) if d > 0)
+
+
+def batch_chunks(N: int, *tensors: torch.Tensor) -> list[slice]:
+    """Batch slices small enough that every element offset of every tensor fits int32 (one slice almost always)."""
+    per_image = max([_max_offset(t) // max(1, t.shape[0]) + 1 for t in tensors] + [1])
+    step = max(1, INT32_LIMIT // (2 * per_image))
+    return [slice(i, min(N, i + step)) for i in range(0, N, step)]
+
+
+def num_sms(device) -> int:
+    if torch.device(device).type == "cuda" and not INTERPRETED:
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def wgrad_splits(p: ConvProblem, device, path: str | None = None) -> int:
+    """Split-K factor for wgrad: enough programs to cover every SM about twice, each split summing at least 1024
+    rows of the N·P·Q reduction (so the partial-tile traffic stays small next to the loads), at most 64."""
+    path = path or wgrad_path(p)
+    Cg, Kg, L = p.C // p.groups, p.K // p.groups, p.N * p.P * p.Q
+    if path == "direct":
+        tiles = triton.cdiv(p.K, 64) * p.R * p.S * Cg
+    elif path == "gemm-flat":
+        tiles = triton.cdiv(Kg, 128) * triton.cdiv(p.R * p.S * Cg, 128) * p.groups
+    else:
+        tiles = triton.cdiv(Kg, 128) * triton.cdiv(Cg, 128) * p.R * p.S * p.groups
+    want = math.ceil(2 * num_sms(device) / tiles)
+    return max(1, min(want, L // 1024, 64))
+
+
+def _conv_geometry(p: ConvProblem) -> tuple:
+    top, _, left, _ = p.pads
+    return (*p.stride, top, left, *p.dilation)
+
+
+@launches
+def conv2d_forward(x, weight, bias, p: ConvProblem, relu: bool = False, out_format_of=None) -> torch.Tensor:
+    """y = conv2d(x, weight, bias) (then ReLU when ``relu``) in x's dtype, and in the memory format of
+    ``out_format_of`` (default x: the caller may pass a channels_last copy of its input and still get torch's
+    output format)."""
+    N, G = x.shape[0], p.groups
+    Cg, Kg = p.C // G, p.K // G
+    fmt = memory_format(x if out_format_of is None else out_format_of)
+    y = torch.empty((N, p.K, p.P, p.Q), dtype=x.dtype, device=x.device, memory_format=fmt)
+    if N == 0:
+        return y
+    path = conv_path(p)
+    b = bias if bias is not None else y  # never read when HAS_BIAS is False
+    for chunk in batch_chunks(N, x, y):
+        xc, yc = x[chunk], y[chunk]
+        M = xc.shape[0] * p.P * p.Q
+        args = (*xc.stride(), *weight.stride(), *yc.stride(), *_conv_geometry(p))
+        if path == "direct":
+            grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(p.K, META["BLOCK_N"]))  # noqa: E731
+            _conv_fwd_direct_kernel[grid](xc, weight, b, yc, M, p.K, p.H, p.W, p.P, p.Q, Cg, Kg, *args,
+                                          R=p.R, S=p.S, HAS_BIAS=bias is not None, RELU=relu,
+                                          ACC=acc_dtype(x.dtype))
+        else:
+            flat = path == "gemm-flat"
+            red = p.R * p.S * Cg if flat else Cg
+            grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(Kg, META["BLOCK_N"]), G)  # noqa: E731
+            _conv_fwd_gemm_kernel[grid](xc, weight, b, yc, M, Kg, red, p.H, p.W, p.P, p.Q, Cg, *args,
+                                        R=p.R, S=p.S, FLAT_K=flat, HAS_BIAS=bias is not None, RELU=relu,
+                                        PRECISION=precision(x.dtype), UPCAST=_upcast(x.dtype),
+                                        ACC=acc_dtype(x.dtype))
+    return y
+
+
+@launches
+def conv2d_dgrad(dy, weight, p: ConvProblem, x_like: torch.Tensor, y=None) -> torch.Tensor:
+    """dx of conv2d in x_like's dtype and memory format; ``y`` (same strides as dy) masks dy where y ≤ 0."""
+    N, G = dy.shape[0], p.groups
+    Cg, Kg = p.C // G, p.K // G
+    dx = torch.empty(x_like.shape, dtype=x_like.dtype, device=dy.device, memory_format=memory_format(x_like))
+    if N == 0:
+        return dx
+    sh, sw = p.stride
+    path = dgrad_path(p)
+    for chunk in batch_chunks(N, dy, dx):
+        dyc, dxc = dy[chunk], dx[chunk]
+        yc = y[chunk] if y is not None else dyc
+        n = dyc.shape[0]
+        M = n * triton.cdiv(p.H, sh) * triton.cdiv(p.W, sw)  # pixels of the largest phase
+        steps = (sh // math.gcd(sh, p.dilation[0]), sw // math.gcd(sw, p.dilation[1]))
+        args = (*dyc.stride(), *weight.stride(), *dxc.stride(), *_conv_geometry(p), *steps)
+        if path == "direct":
+            grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(p.C, META["BLOCK_N"]),  # noqa: E731
+                                      sh * sw)
+            _conv_dgrad_direct_kernel[grid](dyc, weight, yc, dxc, M, p.C, n, p.H, p.W, p.P, p.Q, Cg, Kg, *args,
+                                            R=p.R, S=p.S, RELU_MASK=y is not None, ACC=acc_dtype(dy.dtype))
+        else:
+            grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(Cg, META["BLOCK_N"]),  # noqa: E731
+                                      G * sh * sw)
+            _conv_dgrad_gemm_kernel[grid](dyc, weight, yc, dxc, M, Cg, Kg, n, p.H, p.W, p.P, p.Q, Kg, *args,
+                                          R=p.R, S=p.S, RELU_MASK=y is not None,
+                                          PRECISION=precision(dy.dtype), UPCAST=_upcast(dy.dtype),
+                                          ACC=acc_dtype(dy.dtype))
+    return dx
+
+
+@launches
+def conv2d_wgrad(dy, x, p: ConvProblem, w_dtype: torch.dtype, b_dtype: torch.dtype | None = None, y=None,
+                 splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(dw, db) of conv2d, contiguous, in dtypes w_dtype / b_dtype (db only when b_dtype is given).
+
+    ``splits`` overrides the split-K policy (wgrad_splits); ``y`` (same strides as dy) masks dy where y ≤ 0."""
+    N, G = x.shape[0], p.groups
+    Cg, Kg = p.C // G, p.K // G
+    dev = dy.device
+    want_bias = b_dtype is not None
+    chunks = batch_chunks(N, dy, x) if N else []
+    if not chunks:
+        dw = torch.zeros(p.weight_shape, dtype=w_dtype, device=dev)
+        return dw, (torch.zeros(p.K, dtype=b_dtype, device=dev) if want_bias else None)
+    path = wgrad_path(p)
+    splits = splits or wgrad_splits(p, dev, path)
+    acc_t = torch.float64 if dy.dtype == torch.float64 else torch.float32
+    # several batch chunks (tensors past int32 offsets) are summed like extra splits
+    direct_out = splits == 1 and len(chunks) == 1
+    if direct_out:
+        dw = torch.empty(p.weight_shape, dtype=w_dtype, device=dev)
+        db = torch.empty(p.K, dtype=b_dtype, device=dev) if want_bias else dw
+        parts, bparts = dw.unsqueeze(0), db.unsqueeze(0)
+    else:
+        parts = torch.empty((splits * len(chunks), *p.weight_shape), dtype=acc_t, device=dev)
+        bparts = torch.empty((splits * len(chunks), p.K), dtype=acc_t, device=dev) if want_bias else parts
+    for ci, chunk in enumerate(chunks):
+        dyc, xc = dy[chunk], x[chunk]
+        yc = y[chunk] if y is not None else dyc
+        L = xc.shape[0] * p.P * p.Q
+        rows = triton.cdiv(L, splits)
+        part, bpart = parts[ci * splits:], bparts[ci * splits:]
+        args = (*dyc.stride(), *xc.stride(), part.stride(0), *part.stride()[1:], bpart.stride(0),
+                *_conv_geometry(p))
+        if path == "direct":
+            grid = lambda META: (p.R * p.S * Cg, triton.cdiv(p.K, META["BLOCK_N"]), splits)  # noqa: E731
+            _conv_wgrad_direct_kernel[grid](dyc, xc, yc, part, bpart, L, p.K, rows, p.H, p.W, p.P, p.Q, Cg, Kg,
+                                            *args, R=p.R, S=p.S, HAS_BIAS=want_bias, RELU_MASK=y is not None,
+                                            ACC=acc_dtype(dy.dtype))
+        else:
+            flat = path == "gemm-flat"
+            cols = p.R * p.S * Cg if flat else Cg
+            taps = 1 if flat else p.R * p.S
+            grid = lambda META, cols=cols, taps=taps: (  # noqa: E731
+                triton.cdiv(Kg, META["BLOCK_M"]) * triton.cdiv(cols, META["BLOCK_N"]), G * taps, splits)
+            _conv_wgrad_gemm_kernel[grid](dyc, xc, yc, part, bpart, Kg, cols, L, rows, p.H, p.W, p.P, p.Q, Cg,
+                                          *args, R=p.R, S=p.S, FLAT=flat, HAS_BIAS=want_bias,
+                                          RELU_MASK=y is not None, PRECISION=precision(dy.dtype),
+                                          UPCAST=_upcast(dy.dtype), ACC=acc_dtype(dy.dtype))
+    if direct_out:
+        return dw, (db if want_bias else None)
+    dw = torch.empty(p.weight_shape, dtype=w_dtype, device=dev)
+    split_reduce(parts, dw)
+    db = None
+    if want_bias:
+        db = torch.empty(p.K, dtype=b_dtype, device=dev)
+        split_reduce(bparts, db)
+    return dw, db
+
+
+@launches
+def split_reduce(parts: torch.Tensor, out: torch.Tensor, block: int = 1024) -> None:
+    """out = parts.sum(0) in split order (contiguous tensors), cast to out's dtype."""
+    numel = out.numel()
+    acc = tl.float64 if parts.dtype == torch.float64 else tl.float32
+    _split_reduce_kernel[(triton.cdiv(numel, block),)](parts, out, numel, parts.shape[0], ACC=acc, BLOCK=block)

@@ -1,0 +1,182 @@
+"""triton: our own Triton kernels for conv2d (forward, dgrad, wgrad) and max/avg pooling (forward, backward).
+
+The kernels live in ``_triton_conv`` and ``_triton_pool``; this module registers the implementation, wraps each op
+in a ``torch.autograd.Function`` and picks operand layouts and math precision:
+
+- conv2d: implicit GEMM (direct kernel for tiny groups) forward; backward = dgrad (stride-phase implicit GEMM) +
+  wgrad (split-K implicit GEMM, deterministic reduction) with the bias gradient fused into wgrad. The fused
+  conv+bias+ReLU (``conv2d_relu``) applies bias and ReLU in the GEMM epilogue and its backward masks dy by y > 0
+  inside the dgrad/wgrad loads.
+- fp32 runs as TF32 exactly when cuDNN would (``torch.backends.cudnn`` conv fp32 precision / allow_tf32), else
+  IEEE; fp16/bf16 feed the tensor cores with fp32 accumulation; fp64 accumulates in fp64.
+- On a GPU the conv operands are passed channels_last (NHWC activations, KRSC weights: the channel axis of every
+  tile contiguous); outputs keep the input's memory format, as torch does. Under the interpreter the tensors go in
+  with whatever strides they have, which exercises the kernels' stride handling.
+
+On the CPU this runs only under Triton's interpreter (TRITON_INTERPRET=1 before triton is imported) and is for
+correctness only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from reference import ConvProblem, PoolProblem
+
+from . import register
+
+try:
+    from ._triton_conv import (
+        INTERPRETED,
+        conv2d_dgrad,
+        conv2d_forward,
+        conv2d_wgrad,
+        conv_path,
+        dgrad_path,
+        precision,
+        wgrad_path,
+    )
+    from ._triton_pool import (
+        avg_pool2d_backward,
+        avg_pool2d_forward,
+        input_like,
+        max_pool2d_backward,
+        max_pool2d_forward,
+    )
+    MISSING = None
+except ImportError as exc:  # no triton (e.g. macOS, Windows): still registered, unavailable with this reason
+    INTERPRETED, MISSING = False, f"triton cannot be imported ({exc}); pip install triton on Linux"
+from .base import Implementation, device_type
+
+
+def _operand(t: torch.Tensor) -> torch.Tensor:
+    """The layout a conv kernel reads fastest: channels_last on a GPU (a no-op when it already is); unchanged
+    under the interpreter, where the strided path is what gets tested."""
+    if INTERPRETED or t.device.type != "cuda":
+        return t
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _like_strides(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` with exactly ``ref``'s strides (a copy only when they differ)."""
+    return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
+
+
+class _Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, p: ConvProblem, relu: bool):
+        y = conv2d_forward(_operand(x), _operand(weight), bias, p, relu=relu, out_format_of=x)
+        ctx.p = p
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.save_for_backward(x, weight, y if relu else None)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, y = ctx.saved_tensors
+        p: ConvProblem = ctx.p
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if y is not None:  # fused ReLU: the kernels read y next to dy, so dy takes y's strides
+            y = _operand(y)
+            dy = _like_strides(dy, y)
+        else:
+            dy = _operand(dy)
+        dx = dw = db = None
+        if need_x:
+            dx = conv2d_dgrad(dy, _operand(weight), p, x, y=y)
+        if need_w or need_b:  # the bias gradient comes out of the wgrad kernel
+            dw, db = conv2d_wgrad(dy, _operand(x), p, weight.dtype, ctx.bias_dtype if need_b else None, y=y)
+        return dx, (dw if need_w else None), db, None, None
+
+
+class _MaxPool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p: PoolProblem):
+        values, indices = max_pool2d_forward(x, p, store_index=True)
+        ctx.p = p
+        ctx.like = input_like(x)
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        return values, indices
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dv, _):
+        (indices,) = ctx.saved_tensors
+        return max_pool2d_backward(dv, indices, ctx.p, ctx.like), None
+
+
+class _AvgPool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p: PoolProblem):
+        ctx.p = p
+        ctx.like = input_like(x)
+        return avg_pool2d_forward(x, p)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        return avg_pool2d_backward(dy, ctx.p, ctx.like), None
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+@register
+class Triton(Implementation):
+    name = "triton"
+    summary = ("our own Triton kernels: implicit-GEMM conv (direct for tiny groups), stride-phase dgrad, split-K "
+               "wgrad, fused bias+ReLU; tiled max/avg pooling with gather backward")
+    jit = True
+
+    def unavailable_reason(self, device) -> str | None:
+        if MISSING:
+            return MISSING
+        kind = device_type(device)
+        if kind == "cpu":
+            if INTERPRETED:
+                return None
+            return ("Triton compiles for GPUs; on the CPU it runs only under its interpreter — set TRITON_INTERPRET=1 "
+                    "before triton is imported")
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                return "CUDA is not available"
+            if not INTERPRETED and torch.cuda.get_device_capability(device) < (8, 0):
+                return "the kernels use bf16/TF32 tensor-core dots, which need compute capability 8.0 (Ampere) or newer"
+            return None
+        return f"Triton kernels run on CUDA GPUs (or the CPU interpreter), not on {kind}"
+
+    def correctness_only(self, device) -> str | None:
+        return "the Triton CPU interpreter is for correctness only" if INTERPRETED else None
+
+    def backend(self, op: str, device, problem=None) -> str:
+        return "triton-interpreter" if INTERPRETED else "triton"
+
+    @staticmethod
+    def kernel_paths(p: ConvProblem) -> dict[str, str]:
+        """Which kernel computes each part of this conv: 'gemm', 'gemm-flat' or 'direct' (see _triton_conv)."""
+        return {"forward": conv_path(p), "dgrad": dgrad_path(p), "wgrad": wgrad_path(p)}
+
+    @staticmethod
+    def dot_precision(dtype: torch.dtype) -> str:
+        """tl.dot input precision used for ``dtype`` now: 'tf32' for fp32 when TF32 is allowed, else 'ieee'."""
+        return precision(dtype)
+
+    # ---- hooks ----------------------------------------------------------------------------------------------------
+    def _conv2d(self, x, weight, bias, p: ConvProblem):
+        return _Conv2d.apply(x, weight, bias, p, False)
+
+    def _conv2d_relu(self, x, weight, bias, p: ConvProblem):
+        return _Conv2d.apply(x, weight, bias, p, True)
+
+    def _max_pool2d(self, x, p: PoolProblem):
+        if _needs_grad(x):
+            values, indices = _MaxPool2d.apply(x, p)
+            return values, indices
+        return max_pool2d_forward(x, p, store_index=p.return_indices)
+
+    def _avg_pool2d(self, x, p: PoolProblem):
+        return _AvgPool2d.apply(x, p) if _needs_grad(x) else avg_pool2d_forward(x, p)

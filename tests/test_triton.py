@@ -1,0 +1,443 @@
+"""The Triton implementation beyond the shared case table: every kernel path on the tricky argument forms, the fused
+bias+ReLU epilogue, TF32/IEEE selection, split-K, memory formats, strided weights, int32 batch chunking, backend
+naming and availability — on the CPU under the interpreter (TRITON_INTERPRET=1, set by conftest) and on a GPU
+when there is one; plus GPU-only comparisons with cuDNN on ResNet-50 layers in bf16 channels_last.
+
+test_kernels.py already runs triton on every case of tests/cases.py with the kernels its policy picks (mostly the
+direct kernels: those cases have few output channels); here the same cases are forced through the other paths.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from cases import CONV_CASES, MAX_POOL_CASES, make_tensors
+from conftest import DEVICES, HAS_CUDA, ORACLE, check_against_oracle, implementation, leaf
+
+from reference import ConvProblem, check, oracle
+
+tc = pytest.importorskip("kernels._triton_conv", reason="triton is not installed")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def ieee_fp32():
+    """fp32 checks use the fp32 tolerance, so fp32 runs in IEEE precision (torch lets cuDNN — and so triton —
+    use TF32 for convolutions by default); test_tf32_follows_cudnn_flag switches it itself."""
+    conv = torch.backends.cudnn.conv
+    saved = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    yield
+    conv.fp32_precision = saved
+
+
+@pytest.fixture
+def untuned(monkeypatch):
+    """First fitting config instead of autotuning: many small problems, each would otherwise be tuned on a GPU."""
+    monkeypatch.setattr(tc, "AUTOTUNE", False)
+
+
+def force(monkeypatch, path: str, splits: int | None = None):
+    """Route conv forward/dgrad/wgrad through ``path`` ('gemm', 'gemm-flat' or 'direct') whatever the policy says,
+    and optionally force the wgrad split-K factor."""
+    monkeypatch.setattr(tc, "conv_path", lambda p: path)
+    monkeypatch.setattr(tc, "dgrad_path", lambda p: "direct" if path == "direct" else "gemm")
+    monkeypatch.setattr(tc, "wgrad_path", lambda p: path)
+    if splits is not None:
+        monkeypatch.setattr(tc, "wgrad_splits", lambda *a, **k: splits)
+
+
+def conv_tensors(case, device, dtype=torch.float32, layout=None):
+    return {k: leaf(v, device, dtype, (layout or case.layout) if k == "input" else "nchw")
+            for k, v in make_tensors("conv2d", case).items()}
+
+
+# The conv cases whose geometry differs (strides, asymmetric/oversized padding, dilation, groups, layouts, empty
+# stride phases); the SimpleCNN layers only add size.
+GEOMETRY = [c for c in CONV_CASES if not c.id.startswith("simplecnn")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path,splits", [("gemm", 3), ("gemm-flat", 2)])
+@pytest.mark.parametrize("case", [c.param() for c in GEOMETRY])
+def test_conv_gemm_paths_on_every_argument_form(case, path, splits, device, monkeypatch, untuned):
+    impl = implementation("triton", device)
+    force(monkeypatch, path, splits)
+    check_against_oracle(impl.conv2d, ORACLE["conv2d"], conv_tensors(case, device), case.kwargs, "float32")
+
+
+def _custom_cases():
+    from cases import Case
+    return [
+        # many output channels per group through the direct kernels (the policy sends them to the GEMM)
+        Case("wide-groups-direct", (2, 8, 7, 7), dict(groups=2, stride=2, padding=1), weight=(32, 4, 3, 3)),
+        # an input smaller than the stride: stride phases with no pixels at all
+        Case("empty-phase", (2, 5, 1, 2), dict(stride=3), weight=(17, 5, 1, 1)),
+        Case("stride3-dilated", (1, 4, 10, 11), dict(stride=(3, 2), dilation=(2, 3), padding=(2, 1)),
+             weight=(16, 4, 3, 2)),
+        # stride and dilation sharing a factor: whole stride phases that no tap reaches (their dx is 0)
+        Case("stride-dilation-common-factor", (1, 3, 11, 13), dict(stride=(2, 4), dilation=(2, 2), padding=(1, 2)),
+             weight=(16, 3, 3, 3)),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", ["gemm", "gemm-flat", "direct"])
+@pytest.mark.parametrize("case", [c.param() for c in _custom_cases()])
+def test_conv_paths_on_extra_geometry(case, path, device, monkeypatch, untuned):
+    impl = implementation("triton", device)
+    force(monkeypatch, path, 2)
+    check_against_oracle(impl.conv2d, ORACLE["conv2d"], conv_tensors(case, device), case.kwargs, "float32")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+@pytest.mark.parametrize("path", ["gemm", "gemm-flat", "direct"])
+def test_fused_bias_relu_forward_and_backward(path, dtype, device, monkeypatch, untuned):
+    """conv2d_relu applies bias and ReLU in the epilogue; its backward masks dy by y > 0 inside dgrad/wgrad."""
+    impl = implementation("triton", device)
+    force(monkeypatch, path, 2)
+    from cases import Case
+    case = Case("relu", (2, 8, 7, 6), dict(stride=2, padding=1), weight=(16, 8, 3, 3))
+    tensors = conv_tensors(case, device, getattr(torch, dtype), "channels_last")
+    with torch.no_grad():
+        tensors["bias"] -= 0.3  # push a good share of the outputs below zero
+    check_against_oracle(impl.conv2d_relu, lambda **kw: torch.relu(ORACLE["conv2d"](**kw)), tensors, case.kwargs,
+                         dtype)
+    y = impl.conv2d_relu(**tensors, **case.kwargs)
+    assert bool((y == 0).any()) and bool((y > 0).any()) and not bool((y < 0).any())
+
+
+def _spy(monkeypatch, kernel):
+    """Record the keyword arguments of every launch of an autotuned kernel."""
+    seen = []
+    run = kernel.run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "run", spy)
+    return seen
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tf32_follows_cudnn_flag(device, monkeypatch, untuned):
+    """fp32 dots run as TF32 exactly when cuDNN convolutions may (the ieee_fp32 fixture restores the flag)."""
+    impl = implementation("triton", device)
+    conv = torch.backends.cudnn.conv
+    x = torch.randn(2, 16, 6, 6, device=device)
+    w = torch.randn(32, 16, 3, 3, device=device) / 12
+    launches = _spy(monkeypatch, tc._conv_fwd_gemm_kernel)
+    results = {}
+    for flag in ("tf32", "ieee"):
+        conv.fp32_precision = flag
+        assert impl.dot_precision(torch.float32) == flag
+        launches.clear()
+        results[flag] = impl.conv2d(x, w, padding=1)
+        assert [kw["PRECISION"] for kw in launches] == [flag]
+        want = oracle.conv2d(x.double(), w.double(), padding=1)
+        assert check(results[flag], want, "float32" if flag == "ieee" else "tf32")
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        assert impl.dot_precision(dtype) == "ieee"
+    if device == "cuda":  # on tensor cores TF32 really rounds the operands (the interpreter ignores the flag)
+        assert not torch.equal(results["tf32"], results["ieee"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", ["gemm", "gemm-flat", "direct"])
+def test_wgrad_split_k_is_exercised_and_deterministic(path, device, monkeypatch, untuned):
+    implementation("triton", device)
+    p = ConvProblem(N=2, C=4, H=5, W=5, K=16, R=2, S=2, padding=(1, 1))  # L = N·P·Q = 72 rows
+    t = p.make_inputs(device)
+    x, w, b = t["input"], t["weight"], t["bias"]
+    dy = torch.randn(p.output_shape, device=device)
+    xd, wd, bd = (v.detach().double().requires_grad_(True) for v in (x, w, b))
+    want_w, want_b = torch.autograd.grad(oracle.conv2d(xd, wd, bd, **p.kwargs()), [wd, bd], dy.double())
+    monkeypatch.setattr(tc, "wgrad_path", lambda p: path)
+    reductions = _spy(monkeypatch, tc._split_reduce_kernel)
+    results = {}
+    for splits in (1, 4, 7):  # 18 and 11 rows per split: not multiples of any BLOCK_K
+        reductions.clear()
+        dw, db = results[splits] = tc.conv2d_wgrad(dy, x, p, w.dtype, b.dtype, splits=splits)
+        assert len(reductions) == (0 if splits == 1 else 2), "split-K partials go through the reduction kernel"
+        assert dw.dtype == w.dtype and db.dtype == b.dtype
+        assert check(dw, want_w, "float32") and check(db, want_b, "float32"), splits
+    again = tc.conv2d_wgrad(dy, x, p, w.dtype, b.dtype, splits=7)
+    assert torch.equal(again[0], results[7][0]) and torch.equal(again[1], results[7][1])
+
+
+def test_split_k_policy(monkeypatch):
+    monkeypatch.setattr(tc, "num_sms", lambda device: 132)  # an H100
+    # ResNet-50 layer4 3x3: 4·4·9 = 144 output tiles of 128×128 cover the 132 SMs once → 2 splits
+    assert tc.wgrad_splits(ConvProblem(N=64, C=512, H=7, W=7, K=512, R=3, S=3, padding=(1, 1)), "cuda") == 2
+    # a 1x1 conv with 64 channels is one tile: split as far as allowed (64), long enough rows (L/64 ≥ 1024)
+    assert tc.wgrad_splits(ConvProblem(N=256, C=64, H=56, W=56, K=64, R=1, S=1), "cuda") == 64
+    # ... but never into splits of fewer than 1024 rows
+    assert tc.wgrad_splits(ConvProblem(N=1, C=64, H=56, W=56, K=64, R=1, S=1), "cuda") == 3
+    assert tc.wgrad_splits(ConvProblem(N=1, C=64, H=8, W=8, K=64, R=1, S=1), "cuda") == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_memory_format_follows_the_input(device, untuned):
+    impl = implementation("triton", device)
+    cl = torch.channels_last
+    x = torch.randn(2, 16, 7, 7, device=device)
+    w = torch.randn(16, 16, 3, 3, device=device, requires_grad=True)
+    for fmt, layout in [(cl, "channels_last"), (torch.contiguous_format, "nchw")]:
+        xi = x.contiguous(memory_format=fmt).requires_grad_(True)
+        for out in (impl.conv2d(xi, w, padding=1), impl.conv2d_relu(xi, w, padding=1), impl.max_pool2d(xi, 2),
+                    impl.avg_pool2d(xi, 3, 2, 1)):
+            assert out.is_contiguous(memory_format=fmt), layout
+            (gx,) = torch.autograd.grad(out.sum(), [xi])
+            assert gx.is_contiguous(memory_format=fmt), f"grad of {layout} input"
+        _, idx = impl.max_pool2d(xi, 2, return_indices=True)
+        assert idx.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("weight_layout", ["transposed", "channels_last", "sliced"])
+def test_non_contiguous_weight(weight_layout, device, monkeypatch, untuned):
+    impl = implementation("triton", device)
+    force(monkeypatch, "gemm", 2)
+    t = make_tensors("conv2d", CONV_CASES[0])
+    x = leaf(t["input"], device, torch.float32, "channels_last")
+    w = t["weight"].to(device=device, dtype=torch.float32)
+    if weight_layout == "transposed":
+        w = w.transpose(2, 3).contiguous().transpose(2, 3)
+    elif weight_layout == "channels_last":
+        w = w.contiguous(memory_format=torch.channels_last)
+    else:
+        w = torch.cat([w, w], dim=1)[:, ::2]  # every other input channel of a wider tensor
+    assert not w.is_contiguous()
+    w.requires_grad_(True)
+    b = leaf(t["bias"], device, torch.float32)
+    check_against_oracle(impl.conv2d, ORACLE["conv2d"], dict(input=x, weight=w, bias=b), dict(padding=1), "float32")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_tensors_run_in_int32_batch_chunks(device, monkeypatch, untuned):
+    """Offsets past int32 are handled by running the batch in chunks; shrink the limit so small tensors chunk."""
+    impl = implementation("triton", device)
+    monkeypatch.setattr(tc, "INT32_LIMIT", 1000)
+    case = next(c for c in CONV_CASES if c.id == "stride2-pad1")
+    for path in ("gemm", "direct"):
+        force(monkeypatch, path, 2)
+        tensors = conv_tensors(case, device)
+        tensors["input"] = leaf(torch.cat([tensors["input"].detach()] * 3), device, torch.float32)  # N = 6
+        assert len(tc.batch_chunks(6, tensors["input"])) > 1
+        check_against_oracle(impl.conv2d, ORACLE["conv2d"], tensors, case.kwargs, "float32")
+    x = leaf(torch.randn(6, 3, 9, 9, dtype=torch.float64), device, torch.float32)
+    kw = dict(kernel_size=3, stride=2, padding=1)
+    check_against_oracle(impl.max_pool2d, ORACLE["max_pool2d"], dict(input=x), dict(kw, return_indices=True),
+                         "float32")
+    check_against_oracle(impl.avg_pool2d, ORACLE["avg_pool2d"], dict(input=x), kw, "float32")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_of_an_empty_batch_and_of_bias_alone(device, untuned):
+    impl = implementation("triton", device)
+    x = torch.zeros(0, 3, 8, 8, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    gx, gw, gb = torch.autograd.grad(impl.conv2d(x, w, b).sum(), [x, w, b])
+    assert gx.shape == x.shape and torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+    for pool in (impl.max_pool2d, impl.avg_pool2d):
+        (g,) = torch.autograd.grad(pool(x, 2).sum(), [x])
+        assert g.shape == x.shape
+    # only the bias requires grad: the fused wgrad still delivers it
+    x = torch.randn(2, 3, 8, 8, device=device)
+    w = torch.randn(4, 3, 3, 3, device=device)
+    (gb,) = torch.autograd.grad(impl.conv2d(x, w, b, padding=1).sum(), [b])
+    torch.testing.assert_close(gb, torch.full_like(b, 2 * 8 * 8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_max_pool_special_values_and_their_gradients(dtype, device, untuned):
+    """−inf, NaN and ties inside windows, and dilated ceil-mode windows that miss the input entirely: values and
+    indices as the oracle and torch give them, gradients as torch routes them (to the reported index — also for a
+    window of only −inf whose first tap is padding, where the oracle's autograd picks the padding tap instead)."""
+    impl = implementation("triton", device)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, (2, 3, 10, 9), generator=g).double()
+    x[0, 0, :4, :4] = float("-inf")
+    x[0, 1, 2, 3] = float("nan")
+    x[1, 2, 5:, :] = float("-inf")
+    for kw in [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2, stride=3, dilation=4, ceil_mode=True),
+               dict(kernel_size=(2, 3), stride=(3, 1), dilation=(3, 2), padding=1, ceil_mode=True)]:
+        xi = leaf(x, device, getattr(torch, dtype), "channels_last")
+        values, indices = impl.max_pool2d(xi, return_indices=True, **kw)
+        xt = xi.detach().cpu().double().requires_grad_(True)
+        tv, ti = F.max_pool2d(xt, return_indices=True, **kw)
+        ov, oi = oracle.max_pool2d(xt.detach(), return_indices=True, **kw)
+        assert torch.equal(indices.cpu(), ti) and torch.equal(ti, oi), kw
+        torch.testing.assert_close(values.cpu().double(), tv.detach(), rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(ov, tv.detach(), rtol=0, atol=0, equal_nan=True)
+        dy = torch.randn(values.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        (got,) = torch.autograd.grad(values, [xi], dy.to(values))
+        (want,) = torch.autograd.grad(tv, [xt], dy)
+        assert got.dtype == xi.dtype and check(got, want, dtype), kw
+
+
+def test_backend_names_and_paths():
+    import kernels
+
+    impl = kernels.get("triton")
+    interpreted = tc.INTERPRETED
+    for op in ("conv2d", "max_pool2d", "avg_pool2d"):
+        assert impl.backend(op, "cpu") == ("triton-interpreter" if interpreted else "triton")
+    assert impl.jit
+    p = ConvProblem(N=1, C=3, H=8, W=8, K=64, R=7, S=7)
+    assert impl.kernel_paths(p) == {"forward": "gemm-flat", "dgrad": "gemm", "wgrad": "gemm-flat"}
+    assert impl.kernel_paths(p.replace(C=64, groups=64, K=64, R=3, S=3))["forward"] == "direct"
+    assert impl.kernel_paths(p.replace(C=256, K=256, R=3, S=3))["forward"] == "gemm"
+
+
+def test_unavailable_without_the_interpreter():
+    """On the CPU triton needs TRITON_INTERPRET=1 when it is imported; without it the implementation says so."""
+    import kernels
+
+    impl = kernels.get("triton")
+    if tc.INTERPRETED:
+        assert impl.unavailable_reason("cpu") is None
+    assert "Triton" in impl.unavailable_reason("meta")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    code = ("import kernels; t = kernels.get('triton'); "
+            "print(t.unavailable_reason('cpu')); print(t.backend('conv2d', 'cpu'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    reason, backend = out.stdout.strip().splitlines()[-2:]
+    assert "TRITON_INTERPRET=1" in reason and backend == "triton"
+
+
+# Compiles every kernel for an H100 (sm_90: Triton frontend, TTGIR with wgmma, PTX, ptxas) in a process where the
+# interpreter is off — no GPU needed. The interpreter is lenient where the compiler is not (constexpr control flow,
+# loop-carried types, dot shapes), so this catches GPU-only errors on a CPU machine. NHWC-like divisibility hints
+# on the pointers and channel strides, as the JIT derives them for aligned tensors.
+SM90_COMPILE = r"""
+import sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from kernels import _triton_conv as tc, _triton_pool as tp
+DIV16 = {"sxn", "sxh", "sxw", "syn", "syp", "syq", "sdn", "sdp", "sdq", "swk", "swr", "sws", "Cg", "Kg", "GEMM_N"}
+ACC = {"bf16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}
+def build(kernel, dtype, consts, cfg, ptrs=None, ones=("sxc", "syk", "sdk", "swc")):
+    fn = kernel if isinstance(kernel, triton.runtime.jit.JITFunction) else kernel.fn
+    consts = {**consts, **(cfg.kwargs if cfg else {})}
+    sig, cx = {}, {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name], cx[name] = "constexpr", consts[name]
+        elif name in ones:
+            sig[name], cx[name] = "constexpr", 1
+        else:
+            sig[name] = (ptrs or {}).get(name, "*" + dtype) if name.endswith("_ptr") else "i32"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if sig[n].startswith("*") or (sig[n] == "i32" and n in DIV16)}
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs)
+    opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages} if cfg else {}
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+    assert k.metadata.shared <= 227 * 1024, (fn.__name__, k.metadata.shared)
+    return "warp_group_dot" in k.asm["ttgir"]
+for dtype, cfg in [("bf16", tc._cfg(128, 128, 64, 8, 3)), ("fp32", tc._cfg(128, 64, 32, 4, 4)),
+                   ("fp64", tc._cfg(64, 64, 16, 4, 2))]:
+    acc, part = ACC[dtype], "*fp64" if dtype == "fp64" else "*fp32"
+    prec = "tf32" if dtype == "fp32" else "ieee"
+    gemm = dict(PRECISION=prec, UPCAST=False, ACC=acc, R=3, S=3)
+    wgmma = [build(tc._conv_fwd_gemm_kernel, dtype, dict(gemm, FLAT_K=False, HAS_BIAS=True, RELU=True), cfg),
+             build(tc._conv_dgrad_gemm_kernel, dtype, dict(gemm, RELU_MASK=True), cfg),
+             build(tc._conv_wgrad_gemm_kernel, dtype, dict(gemm, FLAT=True, HAS_BIAS=True, RELU_MASK=True), cfg,
+                   ptrs={"dw_ptr": part, "db_ptr": part})]
+    assert all(wgmma) == (dtype != "fp64"), (dtype, wgmma)  # Hopper tensor cores for bf16 and TF32
+    if dtype != "bf16":
+        continue
+    build(tc._conv_fwd_gemm_kernel, dtype, dict(gemm, FLAT_K=True, HAS_BIAS=False, RELU=False), cfg)
+    build(tc._conv_wgrad_gemm_kernel, dtype, dict(gemm, FLAT=False, HAS_BIAS=True, RELU_MASK=False), cfg,
+          ptrs={"dw_ptr": part, "db_ptr": part})
+    direct = dict(R=3, S=3, ACC=acc)
+    build(tc._conv_fwd_direct_kernel, dtype, dict(direct, HAS_BIAS=True, RELU=True), tc.DIRECT_CONFIGS[0])
+    build(tc._conv_dgrad_direct_kernel, dtype, dict(direct, RELU_MASK=True), tc.DIRECT_CONFIGS[0])
+    build(tc._conv_wgrad_direct_kernel, dtype, dict(direct, HAS_BIAS=True, RELU_MASK=True),
+          tc.WGRAD_DIRECT_CONFIGS[0], ptrs={"dw_ptr": part, "db_ptr": part})
+    build(tc._split_reduce_kernel, dtype, dict(ACC=acc, BLOCK=1024), None, ptrs={"src_ptr": part})
+    pool = tp.POOL_CONFIGS[0]
+    build(tp._max_pool_fwd_kernel, dtype, dict(KH=3, KW=3, STORE_INDEX=True, ACC=acc), pool, ptrs={"i_ptr": "*i64"})
+    build(tp._max_pool_bwd_kernel, dtype, dict(KH=3, KW=3, ACC=acc), pool, ptrs={"i_ptr": "*i64"})
+    for kernel in (tp._avg_pool_fwd_kernel, tp._avg_pool_bwd_kernel):
+        build(kernel, dtype, dict(KH=3, KW=3, COUNT_PAD=False, OVERRIDE=False, ACC=acc), pool)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="a GPU runs the kernels for real (the cuda-parametrised tests)")
+def test_kernels_compile_for_h100_without_a_gpu():
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError:
+        pytest.skip("this triton has no NVIDIA backend")
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", SM90_COMPILE], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-4000:]
+
+
+# ---- GPU only: triton against cuDNN on ResNet-50 layers, bf16 channels_last -----------------------------------------
+RESNET50 = [  # (id, N, C, H, K, R, stride, pad)
+    ("conv1-7x7s2", 8, 3, 224, 64, 7, 2, 3),
+    ("layer1-1x1", 16, 64, 56, 256, 1, 1, 0),
+    ("layer1-3x3", 16, 64, 56, 64, 3, 1, 1),
+    ("layer2-3x3s2", 16, 128, 56, 128, 3, 2, 1),
+    ("layer3-1x1s2-downsample", 16, 512, 28, 1024, 1, 2, 0),
+    ("layer4-3x3", 16, 512, 7, 512, 3, 1, 1),
+]
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (compares with cuDNN)")]
+
+
+@pytest.mark.parametrize("layer", [pytest.param(row, id=row[0], marks=gpu) for row in RESNET50])
+def test_resnet50_layers_match_cudnn_bf16_channels_last(layer, monkeypatch):
+    impl = implementation("triton", "cuda")
+    name, N, C, H, K, R, stride, pad = layer
+    # autotune one layer (every config of every kernel compiles and runs), the first fitting config elsewhere
+    monkeypatch.setattr(tc, "AUTOTUNE", name == "layer4-3x3")
+    p = ConvProblem(N=N, C=C, H=H, W=H, K=K, R=R, S=R, stride=(stride, stride), padding=(pad, pad),
+                    dtype="bfloat16", layout="channels_last")
+    t = p.make_inputs("cuda", requires_grad=True)
+    x, w, b = t["input"], t["weight"], t["bias"]
+    kw = p.kwargs()
+    dy = torch.randn(p.output_shape, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    dy = dy.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    ref = [v.detach().double().requires_grad_(True) for v in (x, w, b)]
+    y64 = F.conv2d(*ref, **kw)
+    want = [y64, *torch.autograd.grad(y64, ref, dy.double())]
+    for name, fn in [("triton", impl.conv2d), ("cudnn", F.conv2d)]:
+        y = fn(x, w, b, **kw)
+        got = [y, *torch.autograd.grad(y, [x, w, b], dy)]
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        for what, a, e in zip(("output", "grad x", "grad w", "grad b"), got, want):
+            result = check(a, e, "bfloat16")
+            assert result.ok, f"{name} {what}: {result.detail}"
+    # deterministic backward: no atomics anywhere
+    again = torch.autograd.grad(impl.conv2d(x, w, b, **kw), [x, w, b], dy)
+    first = torch.autograd.grad(impl.conv2d(x, w, b, **kw), [x, w, b], dy)
+    assert all(torch.equal(a, c) for a, c in zip(again, first))
+
+
+@pytest.mark.parametrize("case", [c.param(*gpu) for c in MAX_POOL_CASES if c.id in ("k3-s2-p1", "simplecnn-pool")])
+def test_max_pool_matches_cudnn_exactly_on_gpu(case, untuned):
+    impl = implementation("triton", "cuda")
+    x = torch.randn(case.input, device="cuda").to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    v, i = impl.max_pool2d(x, return_indices=True, **case.kwargs)
+    tv, ti = F.max_pool2d(x, return_indices=True, **case.kwargs)
+    assert torch.equal(v, tv) and torch.equal(i, ti)
+    g = torch.randn_like(v)
+    assert torch.equal(torch.autograd.grad(v, [x], g)[0], torch.autograd.grad(tv, [x], g)[0])
