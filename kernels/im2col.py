@@ -1,22 +1,31 @@
-"""im2col: lower the convolution to one GEMM per group (and pooling to a reduction over unfolded windows).
+"""im2col: lower the convolution to one GEMM (and pooling to a reduction over unfolded windows).
 
-Two lowerings, chosen by the input's memory layout so that neither the input nor the output is transposed:
+Forward:  xpad = the input in NHWC memory, zero-padded (one copy; none for an unpadded channels_last input)
+          cols[n·P·Q + p·Q + q, (r·S + s)·C + c] = xpad[n, p·sh + r·dh, q·sw + s·dw, c]   (one strided copy)
+          out (N·P·Q × K) = cols (N·P·Q × R·S·C) @ Wmat (R·S·C × K) + bias               (one GEMM)
+Backward: grad_W = grad_outᵀ @ cols,  grad_cols = grad_out @ Wmatᵀ,  grad_x = col2im(grad_cols) (R·S strided adds)
 
-NCHW (Caffe's layout): per image, cols[(c·R + r)·S + s, p·Q + q] = xpad[c, p·sh + r·dh, q·sw + s·dw]
-    out[n] (K × P·Q) = W (K × C·R·S) @ cols[n] (C·R·S × P·Q) + bias        → NCHW output, no transpose
-    backward: grad_W = Σ_n grad_out[n] @ cols[n]ᵀ,  grad_x = col2im(Wᵀ @ grad_out[n])   (F.unfold / F.fold)
-NHWC (channels_last): cols[n·P·Q + p·Q + q, (r·S + s)·C + c] = xpad[n, p·sh + r·dh, q·sw + s·dw, c]
-    out (N·P·Q × K) = cols (N·P·Q × R·S·C) @ Wmat (R·S·C × K) + bias        → NHWC output, no transpose
-    backward: grad_W = colsᵀ @ grad_out,  grad_cols = grad_out @ Wmatᵀ, col2im = R·S strided adds
-1×1 / stride 1 / no padding needs no cols at all: the input is already the GEMM operand.
+Rows are output pixels and columns (r, s, c) with c fastest, so every cols row is R·S contiguous runs of C channels
+and the GEMM writes the output already in NHWC order: it is returned as an N×K×P×Q tensor in channels_last memory,
+with no transpose on either side of the GEMM. A 1×1, stride-1, unpadded conv needs no cols at all.
 
-Cache blocking: the batch is processed in chunks whose cols matrix stays within ``CHUNK_BYTES`` (≈ the L2 cache),
-so the GEMM reads cols while it is still cached instead of streaming a matrix R·S times the input's size through
-DRAM twice. Memory traffic per chunk: the input once, cols written and read once (from cache), W once, the
-output once. Backward recomputes cols rather than keeping them alive between forward and backward.
+Groups: one GEMM against a block-diagonal Wmat (zeros outside each group's C/G × K/G block) when that matrix is
+small, else one batched GEMM per group. The block-diagonal form does G× the multiply-adds but keeps a single large,
+efficient GEMM; for depthwise convs each per-group "GEMM" would otherwise be a length-R·S dot product.
+
+GEMM engine: on x86 CPUs oneDNN's inner-product kernel (AVX-512 wherever the CPU has it) — MKL's sgemm runs its
+AVX2 path on AMD processors — and cuBLAS on GPUs.
+
+Cache blocking: the batch is processed in chunks whose cols block stays within ``CHUNK_BYTES`` (about one core's
+L2), built in one reused workspace, so cols is written and read back from cache rather than DRAM, and no call pays
+page faults for a fresh multi-megabyte buffer. Memory traffic per chunk: the padded input once, cols written and
+read once (R·S× the input), the weight once, the output once. Backward recomputes cols rather than keeping them
+alive from the forward.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -26,79 +35,52 @@ from reference import ConvProblem, PoolProblem
 from . import register
 from .base import Implementation
 
-#: largest cols block built at once (bytes); see the module docstring
-CHUNK_BYTES = 1 << 20
+#: cols block built at once (bytes): about one core's L2 (measured best of 0.5/1/2/8/64 MB on a 2-core EPYC)
+CHUNK_BYTES = 2 << 20
+#: largest block-diagonal grouped weight (elements) used instead of a batched per-group GEMM
+BLOCK_DIAGONAL_ELEMENTS = 1 << 18
 
 
-def _chunks(N: int, bytes_per_image: int):
+def _onednn_ok(a: torch.Tensor) -> bool:
+    return (a.device.type == "cpu" and a.dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def gemm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a (M × k) @ b (n × k)ᵀ (+ bias): oneDNN's inner product on CPU, else (cu)BLAS addmm/mm."""
+    if _onednn_ok(a):
+        try:
+            return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
+        except RuntimeError:  # an older or differently built torch: fall back to BLAS
+            pass
+    return torch.addmm(bias, a, b.t()) if bias is not None else torch.mm(a, b.t())
+
+
+_workspace = threading.local()
+
+
+def _cols_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A reused flat buffer for cols blocks. Allocating a fresh multi-megabyte block every call costs a page fault
+    per 4 KiB (the allocator returns large blocks to the OS), and a reused block is still in cache."""
+    key = (like.device, like.dtype)
+    pool = getattr(_workspace, "pool", None)
+    if pool is None:
+        pool = _workspace.pool = {}
+    buf = pool.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = pool[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel]
+
+
+def _chunks(N: int, bytes_per_image: int) -> list[tuple[int, int]]:
     step = max(1, CHUNK_BYTES // max(1, bytes_per_image))
-    return [(i, min(N, i + step)) for i in range(0, N, step)]
-
-
-def _is_nhwc(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return [(i, min(N, i + step)) for i in range(0, N, step)] or [(0, 0)]
 
 
 def _pointwise(p: ConvProblem) -> bool:
     return (p.R, p.S, p.stride, p.pads) == (1, 1, (1, 1), (0, 0, 0, 0))
 
 
-# ---- NCHW: F.unfold (ATen's im2col) + batched GEMM --------------------------------------------------------------
-def _symmetric(x: torch.Tensor, p: ConvProblem) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Input and the symmetric padding F.unfold takes; an asymmetric 'same' pads the extra row/column first."""
-    top, bottom, left, right = p.pads
-    if top != bottom or left != right:
-        x = F.pad(x, (0, right - left, 0, bottom - top))
-    return x, (top, left)
-
-
-def _unfold(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
-    """(n, G, C/G·R·S, P·Q) columns of an NCHW chunk."""
-    xs, pad = _symmetric(x, p)
-    if _pointwise(p):
-        cols = xs.reshape(x.shape[0], p.C, p.H * p.W)
-    else:
-        cols = F.unfold(xs, (p.R, p.S), dilation=p.dilation, padding=pad, stride=p.stride)
-    return cols.view(x.shape[0], p.groups, -1, p.P * p.Q)
-
-
-def _nchw_forward(x, weight, bias, p: ConvProblem) -> torch.Tensor:
-    N, G = x.shape[0], p.groups
-    w = weight.reshape(G, p.K // G, -1)  # (G, K/G, C/G·R·S)
-    out = torch.empty((N, G, p.K // G, p.P * p.Q), dtype=x.dtype, device=x.device)
-    b = bias.view(G, p.K // G, 1) if bias is not None else None
-    for lo, hi in _chunks(N, (p.C * p.R * p.S) * p.P * p.Q * x.element_size()):
-        cols = _unfold(x[lo:hi], p)
-        if b is not None:
-            torch.add(torch.matmul(w, cols), b, out=out[lo:hi])
-        else:
-            torch.matmul(w, cols, out=out[lo:hi])
-    return out.view(N, p.K, p.P, p.Q)
-
-
-def _nchw_backward(x, weight, go, p: ConvProblem, need_x: bool, need_w: bool):
-    N, G = x.shape[0], p.groups
-    w = weight.reshape(G, p.K // G, -1)
-    go = go.reshape(N, G, p.K // G, p.P * p.Q)
-    grad_x = grad_w = None
-    if need_w:
-        gw = torch.zeros_like(w)
-        for lo, hi in _chunks(N, (p.C * p.R * p.S) * p.P * p.Q * x.element_size()):
-            gw += torch.matmul(go[lo:hi], _unfold(x[lo:hi], p).transpose(-1, -2)).sum(0)
-        grad_w = gw.view_as(weight)
-    if need_x:
-        gcols = torch.matmul(w.transpose(1, 2), go).view(N, p.C * p.R * p.S, p.P * p.Q)  # (N, C·R·S, P·Q)
-        top, bottom, left, right = p.pads
-        if _pointwise(p):
-            grad_x = gcols.view(N, p.C, p.H, p.W)
-        else:
-            size = (p.H + bottom - top, p.W + right - left)  # the (possibly extended) input that was unfolded
-            grad_x = F.fold(gcols, size, (p.R, p.S), dilation=p.dilation, padding=(top, left), stride=p.stride)
-            grad_x = grad_x[:, :, :p.H, :p.W]
-    return grad_x, grad_w
-
-
-# ---- NHWC: strided view + one GEMM --------------------------------------------------------------------------------
 def _padded_nhwc(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
     """(n, Hp, Wp, C) contiguous padded input; free when x is channels_last and unpadded."""
     top, bottom, left, right = p.pads
@@ -108,86 +90,122 @@ def _padded_nhwc(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
     return nhwc.contiguous()
 
 
-def _nhwc_cols(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
-    """(G, n·P·Q, R·S·C/G) patch matrix of an NHWC chunk (a view when no copy is needed)."""
-    xp, N, G = _padded_nhwc(x, p), x.shape[0], p.groups
-    if _pointwise(p) and G == 1:
-        return xp.reshape(1, N * p.P * p.Q, p.C)
+def _cols(xp: torch.Tensor, p: ConvProblem) -> torch.Tensor:
+    """(n·P·Q, R·S·C) patch matrix of a padded NHWC chunk, in the reused workspace (a view of the input itself for
+    a pointwise conv). Valid until the next call: consume it before building the next block."""
+    N = xp.shape[0]
+    if _pointwise(p):
+        return xp.reshape(N * p.P * p.Q, p.C)
     sN, sH, sW, sC = xp.stride()
     (sh, sw), (dh, dw) = p.stride, p.dilation
-    view = xp.as_strided((N, p.P, p.Q, p.R, p.S, p.C), (sN, sh * sH, sw * sW, dh * sH, dw * sW, sC))
-    if G == 1:
-        return view.reshape(1, N * p.P * p.Q, p.R * p.S * p.C)
-    view = view.unflatten(5, (G, p.C // G)).permute(5, 0, 1, 2, 3, 4, 6)
-    return view.reshape(G, N * p.P * p.Q, p.R * p.S * (p.C // G))
+    shape = (N, p.P, p.Q, p.R, p.S, p.C)
+    view = xp.as_strided(shape, (sN, sh * sH, sw * sW, dh * sH, dw * sW, sC))
+    buf = _cols_buffer(N * p.P * p.Q * p.R * p.S * p.C, xp).view(shape)
+    buf.copy_(view)
+    return buf.view(N * p.P * p.Q, p.R * p.S * p.C)
 
 
-def _wmat(weight: torch.Tensor, p: ConvProblem) -> torch.Tensor:
-    """(G, R·S·C/G, K/G) weight matrix matching the NHWC cols column order (r, s, c)."""
+def _block_diagonal(p: ConvProblem) -> bool:
+    return p.groups == 1 or p.K * p.R * p.S * p.C <= BLOCK_DIAGONAL_ELEMENTS
+
+
+def _wmat_t(weight: torch.Tensor, p: ConvProblem) -> torch.Tensor:
+    """(K, R·S·C) weight in the cols column order; grouped convs get zeros outside each group's block."""
+    w = weight.permute(0, 2, 3, 1)  # (K, R, S, C/G)
+    if p.groups == 1:
+        return w.reshape(p.K, -1)
+    G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
+    dense = weight.new_zeros((G, Kg, p.R, p.S, G, Cg))
+    idx = torch.arange(G, device=weight.device)
+    dense[idx, :, :, :, idx, :] = w.reshape(G, Kg, p.R, p.S, Cg)
+    return dense.reshape(p.K, -1)
+
+
+def _grouped_cols(cols: torch.Tensor, p: ConvProblem) -> torch.Tensor:
+    """(G, rows, R·S·C/G): each group's columns of a cols matrix (a copy)."""
     G = p.groups
-    w = weight.reshape(G, p.K // G, p.C // G, p.R, p.S).permute(0, 3, 4, 2, 1)
-    return w.reshape(G, p.R * p.S * (p.C // G), p.K // G)
+    return cols.view(-1, p.R * p.S, G, p.C // G).permute(2, 0, 1, 3).reshape(G, cols.shape[0], -1)
 
 
-def _nhwc_forward(x, weight, bias, p: ConvProblem) -> torch.Tensor:
-    N, G, PQ = x.shape[0], p.groups, p.P * p.Q
-    wmat = _wmat(weight, p)
-    out = torch.empty((N, p.P, p.Q, p.K), dtype=x.dtype, device=x.device)
-    flat = out.view(N * PQ, G, p.K // G)
-    for lo, hi in _chunks(N, p.R * p.S * p.C * PQ * x.element_size()):
-        cols = _nhwc_cols(x[lo:hi], p)
-        rows = flat[lo * PQ:hi * PQ]
-        if G == 1 and bias is not None:
-            torch.addmm(bias, cols[0], wmat[0], out=rows.view(-1, p.K))
-        elif G == 1:
-            torch.mm(cols[0], wmat[0], out=rows.view(-1, p.K))
+def _grouped_wmat(weight: torch.Tensor, p: ConvProblem) -> torch.Tensor:
+    """(G, R·S·C/G, K/G) per-group weight matrices."""
+    G = p.groups
+    return weight.reshape(G, p.K // G, p.C // G, p.R, p.S).permute(0, 3, 4, 2, 1).reshape(G, -1, p.K // G)
+
+
+def _forward(x, weight, bias, p: ConvProblem) -> torch.Tensor:
+    N, PQ = x.shape[0], p.P * p.Q
+    xp = _padded_nhwc(x, p)
+    dense = _block_diagonal(p)
+    w = _wmat_t(weight, p) if dense else _grouped_wmat(weight, p)
+    parts = []
+    for lo, hi in _chunks(N, PQ * p.R * p.S * p.C * x.element_size()):
+        cols = _cols(xp[lo:hi], p)
+        if dense:
+            parts.append(gemm_nt(cols, w, bias))
         else:
-            rows.copy_(torch.bmm(cols, wmat).transpose(0, 1))
-            if bias is not None:
-                rows += bias.view(G, p.K // G)
-    return out.permute(0, 3, 1, 2)  # N×K×P×Q in channels_last memory
+            out = torch.bmm(_grouped_cols(cols, p), w).transpose(0, 1).reshape(-1, p.K)
+            parts.append(out + bias if bias is not None else out)
+    out = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return out.view(N, p.P, p.Q, p.K).permute(0, 3, 1, 2)  # N×K×P×Q in channels_last memory
 
 
-def _nhwc_backward(x, weight, grad, p: ConvProblem, need_x: bool, need_w: bool):
-    N, G, Cg = x.shape[0], p.groups, p.C // p.groups
-    go = grad.permute(0, 2, 3, 1).reshape(-1, G, p.K // G).transpose(0, 1)  # (G, N·P·Q, K/G)
-    grad_x = grad_w = None
+def _backward(x, weight, grad, p: ConvProblem, need_x: bool, need_w: bool):
+    N, G, Cg, Kg, PQ = x.shape[0], p.groups, p.C // p.groups, p.K // p.groups, p.P * p.Q
+    go = grad.permute(0, 2, 3, 1).reshape(-1, p.K)  # (N·P·Q, K): free when grad is channels_last
+    dense = _block_diagonal(p)
+    xp = _padded_nhwc(x, p) if need_w else None
+    w = _wmat_t(weight, p) if dense else _grouped_wmat(weight, p)
+    top, bottom, left, right = p.pads
+    gxp = grad.new_zeros((N, p.H + top + bottom, p.W + left + right, p.C)) if need_x else None
+    gw = None
+    for lo, hi in _chunks(N, PQ * p.R * p.S * p.C * x.element_size()):
+        g = go[lo * PQ:hi * PQ]
+        if need_w:  # grad_W += grad_outᵀ @ cols, block by block
+            cols = _cols(xp[lo:hi], p)
+            part = (torch.mm(g.t(), cols) if dense
+                    else torch.bmm(_grouped_cols(cols, p).transpose(1, 2), g.reshape(-1, G, Kg).transpose(0, 1)))
+            gw = part if gw is None else gw.add_(part)
+        if need_x:  # grad_cols = grad_out @ Wmat, then col2im into the padded input gradient
+            if dense:
+                gcols = gemm_nt(g, w.t())  # (rows, R·S·C)
+            else:
+                gcols = torch.bmm(g.reshape(-1, G, Kg).transpose(0, 1), w.transpose(1, 2))
+                gcols = gcols.view(G, -1, p.R * p.S, Cg).permute(1, 2, 0, 3)
+            _col2im(gcols.reshape(hi - lo, p.P, p.Q, p.R, p.S, p.C), gxp[lo:hi], p)
+    grad_w = None
     if need_w:
-        gw = torch.bmm(_nhwc_cols(x, p).transpose(1, 2), go)  # (G, R·S·C/G, K/G)
-        grad_w = gw.view(G, p.R, p.S, Cg, p.K // G).permute(0, 4, 3, 1, 2).reshape(p.K, Cg, p.R, p.S)
-    if need_x:
-        gcols = torch.bmm(go, _wmat(weight, p).transpose(1, 2))  # (G, N·P·Q, R·S·C/G)
-        gcols = gcols.view(G, N, p.P, p.Q, p.R, p.S, Cg).permute(1, 2, 3, 4, 5, 0, 6)
-        gcols = gcols.reshape(N, p.P, p.Q, p.R, p.S, p.C)
-        top, bottom, left, right = p.pads
-        gxp = torch.zeros((N, p.H + top + bottom, p.W + left + right, p.C), dtype=grad.dtype, device=grad.device)
-        (sh, sw), (dh, dw) = p.stride, p.dilation
-        for r in range(p.R):  # col2im: scatter-add each tap back to the input pixels it read
-            for s in range(p.S):
-                rows = slice(r * dh, r * dh + (p.P - 1) * sh + 1, sh)
-                gxp[:, rows, s * dw:s * dw + (p.Q - 1) * sw + 1:sw] += gcols[:, :, :, r, s]
-        grad_x = gxp[:, top:top + p.H, left:left + p.W].permute(0, 3, 1, 2)
+        if dense:  # (K, R·S·C): keep each group's diagonal block
+            gw = gw.view(G, Kg, p.R, p.S, G, Cg)[torch.arange(G), :, :, :, torch.arange(G), :]
+        else:  # (G, R·S·C/G, K/G)
+            gw = gw.view(G, p.R, p.S, Cg, Kg).permute(0, 4, 1, 2, 3)
+        grad_w = gw.reshape(p.K, p.R, p.S, Cg).permute(0, 3, 1, 2).contiguous()
+    grad_x = gxp[:, top:top + p.H, left:left + p.W].permute(0, 3, 1, 2) if need_x else None
     return grad_x, grad_w
+
+
+def _col2im(gcols: torch.Tensor, gxp: torch.Tensor, p: ConvProblem) -> None:
+    """Scatter-add each tap's column block back onto the input pixels it was read from (R·S strided adds)."""
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    for r in range(p.R):
+        for s in range(p.S):
+            rows = slice(r * dh, r * dh + (p.P - 1) * sh + 1, sh)
+            gxp[:, rows, s * dw:s * dw + (p.Q - 1) * sw + 1:sw] += gcols[:, :, :, r, s]
 
 
 class _Im2colConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, p: ConvProblem):
-        ctx.p, ctx.has_bias, ctx.nhwc = p, bias is not None, _is_nhwc(x)
+        ctx.p, ctx.has_bias = p, bias is not None
         ctx.save_for_backward(x, weight)
-        if ctx.nhwc:
-            return _nhwc_forward(x, weight, bias, p)
-        return _nchw_forward(x.contiguous(), weight.contiguous(), bias, p)
+        return _forward(x, weight, bias, p)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p: ConvProblem = ctx.p
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if ctx.nhwc:
-            grad_x, grad_w = _nhwc_backward(x, weight, grad, p, need_x, need_w)
-        else:
-            grad_x, grad_w = _nchw_backward(x.contiguous(), weight.contiguous(), grad.contiguous(), p, need_x, need_w)
+        grad_x, grad_w = _backward(x, weight, grad, p, need_x, need_w)
         grad_b = grad.sum(dim=(0, 2, 3)) if ctx.has_bias and need_b else None
         return grad_x, grad_w, grad_b, None
 
@@ -206,8 +224,12 @@ class Im2col(Implementation):
     summary = "unfold to a patch matrix, then one GEMM per group; col2im for the input gradient"
 
     def backend(self, op: str, device, problem=None) -> str:
-        gemm = "cublas" if str(device).startswith("cuda") else ("mkl" if torch.backends.mkl.is_available() else "blas")
-        return f"{gemm}-gemm" if op.startswith("conv2d") else "torch-ops"
+        if not op.startswith("conv2d"):
+            return "torch-ops"
+        if str(device).startswith("cuda"):
+            return "cublas-gemm"
+        dtype = getattr(torch, problem.dtype) if problem is not None and problem.dtype != "tf32" else torch.float32
+        return "onednn-gemm" if _onednn_ok(torch.empty(0, dtype=dtype)) else "blas-gemm"
 
     def _conv2d(self, x, weight, bias, p: ConvProblem):
         return _Im2colConv.apply(x, weight, bias, p)
