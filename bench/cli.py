@@ -37,6 +37,8 @@ def _run_parser(sub) -> None:
                                                                    "implementation and case")
     p.add_argument("--seed", type=int, default=0, help="input data seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile a training step per implementation (torch.profiler) into the run directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="join shard run directories into one")
     m.add_argument("out", type=Path)
     m.add_argument("parts", type=Path, nargs="+")
+    pr = sub.add_parser("profile", help="profile a training step per implementation: phase split, top kernels, "
+                                        "Chrome traces")
+    pr.add_argument("--model", default="simplecnn", choices=["simplecnn", "basiccnn"])
+    pr.add_argument("--batch", type=int, default=64)
+    pr.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
+    pr.add_argument("--dtype", default="float32", choices=["float32", "tf32", "float64"])
+    pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    pr.add_argument("--impl", nargs="+", metavar="NAME")
+    pr.add_argument("--steps", type=int, default=5, help="profiled steps (after 3 warm-up steps)")
+    pr.add_argument("--threads", type=int)
+    pr.add_argument("--out", type=Path, help="directory for profile.md/csv and traces (default results/runs/profile)")
     ls = sub.add_parser("list", help="implementations and their availability, suites and their case counts")
     ls.add_argument("--suite", choices=sorted(SUITES), help="also list that suite's cases")
     ls.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -95,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                               layouts=args.layout, where=parse_where(args.where),
                               out=Path(resume_dir) if resume_dir else args.out, resume=bool(args.resume),
                               shard=parse_shard(args.shard), threads=args.threads, timeout=args.timeout,
-                              max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress)
+                              max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress,
+                              profile=args.profile)
             return run(opts)
         if args.command == "report":
             from .report import write_report
@@ -106,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return compare_runs(args.base, args.new, threshold=args.threshold, alpha=args.alpha,
                                 allow_env_mismatch=args.allow_env_mismatch, out=args.out)
+        if args.command == "profile":
+            from .profile import profile_command
+
+            if args.batch < 1 or args.steps < 1:
+                raise UsageError("--batch and --steps must be positive")
+            return profile_command(args)
         if args.command == "merge":
             from .merge import merge_runs
 

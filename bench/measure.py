@@ -23,6 +23,7 @@ from .suites import Timing
 from .timing import NOISY_IQR, Sampler, calibrate_loops, summarize, synchronize, time_interleaved, warm_up
 
 GRAD_SEED = 1234  # the fixed output gradient of conv2d_backward cases
+TRAIN_CHECK_STEPS = 5  # train_step cases: steps checked against the float64 reference before timing
 #: interpreter implementations (correctness only) are validated on cases up to this many FLOPs
 INTERPRETER_FLOP_LIMIT = 2e7
 
@@ -46,6 +47,8 @@ class Expected:
 
 def expected_for(case: Case, seed: int) -> Expected:
     p = case.problem
+    if case.op == "train_step":  # checked per implementation, step by step, inside train_agreement
+        return Expected({})
     tensors = p.make_inputs(case.device, seed)
     ref = {k: (v.detach().double() if v is not None else None) for k, v in tensors.items()}
     if case.op == "conv2d":
@@ -70,6 +73,8 @@ def build_call(impl, case: Case, seed: int,
                expected: Expected) -> tuple[Callable[[], object], Callable[[object], Check]]:
     """The zero-argument callable to time for this (impl, case), and how to check what it returns."""
     p, dtype = case.problem, case.dtype
+    if case.op == "train_step":
+        return train_call(impl, case, seed)
     if case.op == "conv2d":
         t = fresh_inputs(case, seed, False)
         kw = p.kwargs()
@@ -100,6 +105,30 @@ def build_call(impl, case: Case, seed: int,
             return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
         return call, lambda grads: combine(*(check(g, e, dtype) for g, e in zip(grads, expected.grads)))
     raise ValueError(f"measure: op {case.op!r} is not measured here")
+
+
+class TrainCall:
+    """A train_step case's timed callable: the implementation's (wrapped) step, already checked for
+    TRAIN_CHECK_STEPS steps against the float64 reference; its first call returns that agreement's verdict."""
+
+    def __init__(self, impl, case: Case, seed: int) -> None:
+        from reference.models import train_agreement
+
+        p = case.problem
+        self.agreement = train_agreement(
+            impl.train_ops(), p.model, p.optimizer, steps=TRAIN_CHECK_STEPS, batch=p.batch, dtype=p.dtype,
+            device=case.device, seed=seed, layout=p.layout, optimizer_options=impl.optimizer_options(case.device),
+            wrap=lambda step, model, optimizer: impl.wrap_train_step(step, model, optimizer, case.device))
+        self.step, (self.x, self.y) = self.agreement.step, self.agreement.batch
+        self.first_step_s = self.agreement.first_step_s
+
+    def __call__(self):
+        return self.step(self.x, self.y)
+
+
+def train_call(impl, case: Case, seed: int):
+    call = TrainCall(impl, case, seed)
+    return call, lambda _: call.agreement.check
 
 
 @dataclass
@@ -158,7 +187,7 @@ def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
             call, verify = build_call(impl, case, seed, expected)
             result = call()  # the first call: compiles, autotunes, allocates
             synchronize(case.device)
-            first_s = time.perf_counter() - t0
+            first_s = getattr(call, "first_step_s", None) or time.perf_counter() - t0
             verdict = verify(result)
         except Exception as exc:  # noqa: BLE001 — any failure of an implementation is a result, not a crash
             report(Outcome(name, "error", _describe(exc), backend))

@@ -61,6 +61,7 @@ class RunOptions:
     max_seconds: float | None = None
     seed: int = 0
     progress: bool = True
+    profile: bool = False
 
 
 def parse_where(items: list[str]) -> dict[str, set[str]]:
@@ -225,6 +226,8 @@ def run(opts: RunOptions) -> int:
         progress.close()
         supervisor.close()
         writer.close()
+    if opts.profile and not interrupted:
+        _profile(out, cases, impls, threads)
     env = envmod.finish(env, rows)
     env["worker_restarts"] = supervisor.restarts
     env["complete"] = not interrupted
@@ -234,6 +237,20 @@ def run(opts: RunOptions) -> int:
         print(f"interrupted: {len(rows)} rows kept in {out}; continue with --resume --out {out}", file=sys.stderr)
         return 1
     return 1 if any(r["status"] in FAILED for r in rows) else 0
+
+
+def _profile(out: Path, cases: list[Case], impls: list[str], threads: int) -> None:
+    """--profile: one training step configuration per run — the selected train_step case with the largest batch
+    (SGD first), else SimpleCNN at batch 64 with SGD — profiled per implementation into the run directory."""
+    from .profile import profile_training
+
+    trains = sorted((c.problem for c in cases if c.op == "train_step"),
+                    key=lambda p: (p.optimizer != "sgd", -p.batch))
+    p = trains[0] if trains else None
+    torch.set_num_threads(threads)
+    table = profile_training(out, impls, *(p.model, p.batch, p.optimizer, p.dtype) if p else (),
+                             device=cases[0].device)
+    print(table.to_string(index=False))
 
 
 def _worker_env() -> tuple[tuple[str, str], ...]:

@@ -156,6 +156,15 @@ QUICK_AXES = {"batch": [2, 32], "in_channels": [64], "out_channels": [64], "heig
               "stride": [2], "padding": [0, "same"], "dilation": [2], "groups": [4, "depthwise"]}
 
 
+def train_cases(device: str, batches, optimizers=("sgd", "adam"), models=("simplecnn",), dtypes=None) -> list[Case]:
+    """Whole training steps (forward, loss, backward, optimizer) of the reference models on synthetic MNIST."""
+    from reference.models import TrainProblem
+
+    dtypes = dtypes or (("float32", "tf32") if device == "cuda" else ("float32",))
+    return [Case("train_step", TrainProblem(m, b, o, dt), device)
+            for m in models for b in batches for o in optimizers for dt in dtypes]
+
+
 def _quick(device: str) -> list[Case]:
     gpu = device == "cuda"
     base = ConvProblem(N=32 if gpu else 8, C=64 if gpu else 32, H=28, W=28, K=64 if gpu else 32, R=3, S=3,
@@ -171,7 +180,8 @@ def _quick(device: str) -> list[Case]:
                                         dict(op="avg_pool2d", kernel=(2, 2)),
                                         dict(op="avg_pool2d", kernel=(3, 3), stride=(1, 1), padding=(1, 1),
                                              count_include_pad=False)], dts[:1], ("nchw", "channels_last"))
-    return conv_cases(convs, device) + pool_cases(pools, device)
+    trains = train_cases(device, (16, 64), ("sgd",)) + train_cases(device, (64,), ("adam",))
+    return conv_cases(convs, device) + pool_cases(pools, device) + trains
 
 
 FULL_AXES = {"batch": [1, 4, 32, 64], "in_channels": [3, 16, 64, 128], "out_channels": [16, 64, 128],
@@ -197,7 +207,8 @@ def _full(device: str) -> list[Case]:
     pools = []
     for N, C, H in [(base.N, 64, 56), (base.N, 256, 14), (1, 64, 112)]:
         pools += _pools(N, C, H, pool_specs, dts, ("nchw", "channels_last"))
-    return conv_cases(convs, device) + pool_cases(pools, device)
+    trains = train_cases(device, (1, 64, 1024) if gpu else (1, 64, 256), models=("simplecnn", "basiccnn"))
+    return conv_cases(convs, device) + pool_cases(pools, device) + trains
 
 
 def resnet50_layers(batch: int) -> list[tuple[ConvProblem, int]]:
@@ -255,17 +266,19 @@ def _simplecnn(device: str) -> list[Case]:
                 cases += conv_cases([layer], device)
             else:
                 cases += pool_cases([layer], device)
-    return cases
+    return cases + train_cases(device, batches) + train_cases(device, (64,), models=("basiccnn",))
 
 
 SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("smoke", "three conv problems covering every axis and four pools; < 60 s on 2 CPU cores",
           SMOKE_TIMING, _smoke),
-    Suite("quick", "one axis at a time around a base conv, both layouts, four pools; < 5 min on 2 CPU cores",
+    Suite("quick", "one axis at a time around a base conv, both layouts, four pools, three SimpleCNN training "
+                   "steps; < 5 min on 2 CPU cores",
           QUICK_TIMING, _quick),
     Suite("full", "every axis with 2–4 values, every dtype and layout, seven pool configurations at three sizes",
           FULL_TIMING, _full),
     Suite("resnet50", "the 23 distinct conv layers of ResNet-50 (224×224) and its stem max-pool", QUICK_TIMING,
           _resnet50),
-    Suite("simplecnn", "SimpleCNN's conv and pool layers across batch sizes", QUICK_TIMING, _simplecnn),
+    Suite("simplecnn", "SimpleCNN's conv and pool layers and its whole training step (SGD, Adam) across batch sizes",
+          QUICK_TIMING, _simplecnn),
 ]}

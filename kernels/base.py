@@ -43,6 +43,22 @@ class Implementation:
         the bench then checks it against the oracle and records the case as skipped instead of timing it."""
         return None
 
+    # ---- the training step -----------------------------------------------------------------------------------------
+    def train_ops(self):
+        """The ops object a model is built from for this implementation's training step (conv2d, conv2d_relu,
+        max_pool2d); the implementation itself by default."""
+        return self
+
+    def optimizer_options(self, device) -> dict:
+        """torch.optim options this implementation's training step needs (e.g. capturable=True for CUDA graphs)."""
+        return {}
+
+    def wrap_train_step(self, step, model, optimizer, device):
+        """How this implementation runs a whole training step ``step(x, y) -> loss`` of ``model`` updated by
+        ``optimizer``: as is (eager) by default; an implementation may compile it or capture it in a CUDA graph.
+        The wrapped step must still leave the gradients in ``.grad`` and perform exactly one update per call."""
+        return step
+
     def backend(self, op: str, device, problem=None) -> str:
         """The library or code generator that actually computes ``op`` on ``device`` (a results column).
 

@@ -84,6 +84,15 @@ class Compiled(Implementation):
             self._cache[key] = fn
         return fn
 
+    def train_ops(self):
+        """The whole step is compiled, so the model is plain torch.nn.functional and Inductor sees every op."""
+        return F
+
+    def wrap_train_step(self, step, model, optimizer, device):
+        """torch.compile of the whole step: forward and loss (with their AOT-compiled backward) and the optimizer
+        update; ``loss.backward()`` splits the graph there."""
+        return torch.compile(fresh_function(step), mode=self.mode)
+
     def _conv2d(self, x, weight, bias, p: ConvProblem):
         return self.compiled(_conv_fn, p, x, weight, bias)(x, weight, bias)
 

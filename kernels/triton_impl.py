@@ -121,6 +121,55 @@ class _AvgPool2d(torch.autograd.Function):
         return avg_pool2d_backward(dy, ctx.p, ctx.like), None
 
 
+class CudaGraphStep:
+    """A whole training step captured once in a CUDA graph and replayed: one graph launch instead of ~100 kernel
+    launches per step, which is what small-batch training is bound by on a GPU.
+
+    Capture needs warm-up (allocator pools, cuBLAS handles, Triton autotuning, none of which can happen inside a
+    capture), and warm-up steps are real updates. So the first call snapshots the parameters and the optimizer
+    state, warms up, restores both in place, and only then captures; the optimizer's first update equals its
+    steady-state formula applied to zero state (SGD: μ·0 + g; Adam: zero moments, step 0 with capturable=True),
+    so a graph captured in steady state is exact from the first call on. Every call is exactly one update."""
+
+    WARMUP = 2
+
+    def __init__(self, step, model, optimizer) -> None:
+        self.step, self.model, self.optimizer = step, model, optimizer
+        self.graph = None
+
+    def _state_tensors(self):
+        return [(p, k, v) for p, st in self.optimizer.state.items() for k, v in st.items() if torch.is_tensor(v)]
+
+    def _capture(self, x, y) -> None:
+        params = [p for p in self.model.parameters()]
+        saved = [p.detach().clone() for p in params]
+        saved_state = {(id(p), k): v.clone() for p, k, v in self._state_tensors()}
+        self.static_x, self.static_y = x.clone(), y.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                self.step(self.static_x, self.static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+            for p, k, v in self._state_tensors():  # back to the state before warm-up (zero if there was none)
+                v.copy_(saved_state[(id(p), k)]) if (id(p), k) in saved_state else v.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self.step(self.static_x, self.static_y)
+
+    def __call__(self, x, y):
+        if self.graph is None:
+            self._capture(x, y)
+        else:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss
+
+
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -164,6 +213,17 @@ class Triton(Implementation):
     def dot_precision(dtype: torch.dtype) -> str:
         """tl.dot input precision used for ``dtype`` now: 'tf32' for fp32 when TF32 is allowed, else 'ieee'."""
         return precision(dtype)
+
+    # ---- the training step ---------------------------------------------------------------------------------------
+    def optimizer_options(self, device) -> dict:
+        return {"capturable": True} if device_type(device) == "cuda" else {}
+
+    def wrap_train_step(self, step, model, optimizer, device):
+        """On a GPU the whole step is captured in a CUDA graph (see CudaGraphStep); the convs inside already use the
+        fused conv+bias+ReLU epilogue. The interpreter runs the step as is."""
+        if device_type(device) == "cuda" and not INTERPRETED:
+            return CudaGraphStep(step, model, optimizer)
+        return step
 
     # ---- hooks ----------------------------------------------------------------------------------------------------
     def _conv2d(self, x, weight, bias, p: ConvProblem):

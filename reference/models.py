@@ -26,12 +26,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from . import oracle
 from .problems import DTYPES, ConvProblem, dtype_name
@@ -221,7 +223,8 @@ def make_optimizer(name: str, params: Iterable[torch.Tensor], **options) -> torc
         if key not in _IMPLEMENTATION_OPTIONS:
             raise ValueError(f"'{key}' is not an allowed optimizer option (only {', '.join(_IMPLEMENTATION_OPTIONS)}; "
                              f"the hyperparameters are fixed in OPTIMIZERS)")
-    if spec.name == "sgd":
+    if spec.name == "sgd":  # SGD's update is capture-safe as is: torch.optim.SGD takes no 'capturable'
+        options.pop("capturable", None)
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, **options)
     return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, **options)
 
@@ -279,10 +282,14 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> Calla
     loss_fn = nn.CrossEntropyLoss()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # the labels split a torch.profiler trace into phases (bench profile); torch.compile ignores them
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+        with record_function("convbench.forward"):
+            loss = loss_fn(model(x), y)
+        with record_function("convbench.backward"):
+            loss.backward()
+        with record_function("convbench.optimizer"):
+            optimizer.step()
         return loss.detach()
 
     return step
@@ -605,6 +612,9 @@ class TrainAgreement:
     gradients_check: Check  # every step, every parameter, against the oracle's gradients
     updates_check: Check  # every step, every parameter, against the written-out optimizer
     check: Check  # all four: the verdict
+    first_step_s: float = 0.0  # wall time of the first step call (compilation / graph capture included)
+    step: Callable | None = None  # the checked (wrapped) step, ready to be timed on ``batch``
+    batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the first batch, on the device
 
 
 def update_check(delta: torch.Tensor, expected: torch.Tensor, stored: torch.Tensor, dtype: torch.dtype) -> Check:
@@ -624,11 +634,14 @@ def update_check(delta: torch.Tensor, expected: torch.Tensor, stored: torch.Tens
 
 def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, batch: int = 8,
                     dtype: torch.dtype | str = torch.float32, device="cpu", seed: int = 0,
-                    wrap: Callable | None = None, layout: str = "nchw") -> TrainAgreement:
+                    wrap: Callable | None = None, layout: str = "nchw",
+                    optimizer_options: dict | None = None) -> TrainAgreement:
     """Train ``model_name`` through ``ops`` for ``steps`` steps and check every step against the float64 reference.
 
     ``dtype`` is a floating torch.dtype or a benchmark dtype name ('tf32': float32 storage, tf32 tolerance; the
-    caller enables TF32 math). ``layout`` as in ``TrainProblem``. ``wrap`` turns the step into what the benchmark
+    caller enables TF32 math). ``layout`` as in ``TrainProblem``. ``optimizer_options`` picks how torch.optim
+    computes the update (capturable=True for CUDA graphs; see ``make_optimizer``). ``wrap(step, model, optimizer)``
+    turns the step into what the benchmark
     times (torch.compile, a CUDA-graph replay), so the callable checked is the callable timed; the step must leave
     its gradients in ``.grad``.
 
@@ -655,10 +668,10 @@ def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, b
     storage = DTYPES[problem.dtype]
     batches = problem.make_batches(steps, seed, device)
     model = problem.build(ops, seed, device)
-    optimizer = make_optimizer(optimizer_name, model.parameters())
+    optimizer = make_optimizer(optimizer_name, model.parameters(), **(optimizer_options or {}))
     step = make_train_step(model, optimizer)
     if wrap is not None:
-        step = wrap(step)
+        step = wrap(step, model, optimizer)
     reference = ReferenceTrainer(model_name, optimizer_name, seed, storage)
     params = dict(model.named_parameters())
 
@@ -672,7 +685,13 @@ def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, b
         ref_loss, ref_grads = reference.loss_and_gradients(x, y, decided)
         decision_checks += [c if c.ok else dataclasses.replace(c, detail=f"step {k}, {c.detail}")
                             for c in decided.checks]
-        losses.append(step(x, y).detach().to("cpu", torch.float64))
+        t0 = time.perf_counter()
+        loss = step(x, y)
+        if k == 0:
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            first_step_s = time.perf_counter() - t0
+        losses.append(loss.detach().to("cpu", torch.float64))
         ref_losses.append(ref_loss)
         grads = []
         for pname, ref_grad in zip(reference.names, ref_grads):
@@ -696,4 +715,4 @@ def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, b
                                                             f"{ref_losses_t.tolist()}: {loss_check.detail}")
     decisions, grads_check, updates_check = combine(*decision_checks), combine(*grad_checks), combine(*update_checks)
     return TrainAgreement(losses_t, ref_losses_t, decisions, loss_check, grads_check, updates_check,
-                          combine(decisions, loss_check, grads_check, updates_check))
+                          combine(decisions, loss_check, grads_check, updates_check), first_step_s, step, batches[0])
