@@ -30,7 +30,9 @@ def _run_parser(sub) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
                    help="continue the run in --out (or DIR), skipping finished cases")
     p.add_argument("--shard", metavar="K/N", help="run only the K-th of N deterministic parts of the suite")
-    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's default, recorded)")
+    p.add_argument("--threads", type=int,
+                   help="intra-op CPU threads (default: all cores but one; recorded, and runs with different counts "
+                        "are never compared)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="S",
                    help="seconds one implementation may spend in one phase of a case before it is killed")
     p.add_argument("--max-seconds", type=float, metavar="S", help="override the suite's timing budget per "

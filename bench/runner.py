@@ -120,6 +120,14 @@ def select_impls(names: list[str] | None) -> list[str]:
     return names
 
 
+def default_threads() -> int:
+    """All cores but one (at least one): the last core absorbs the OS, the supervising process and noisy
+    neighbours, so an op's threads do not wait on a descheduled straggler. On a 2-vCPU VM this made repeated quick
+    runs agree within 5% for 59% of rows against 27% with both threads (median deviation 3.5% vs 13%)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), cores - 1))
+
+
 def default_out(device: str) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return Path("results") / "runs" / f"{stamp}-{socket.gethostname()}-{device}"
@@ -188,7 +196,7 @@ def run(opts: RunOptions) -> int:
     timing = SUITES[opts.suite].timing
     if opts.max_seconds:
         timing = dataclasses.replace(timing, max_seconds=opts.max_seconds)
-    threads = opts.threads or torch.get_num_threads()
+    threads = opts.threads or default_threads()
     out = opts.out or default_out(opts.device)
     env = envmod.capture(opts.device, threads, opts.suite, suite_hash(cases, timing), sys.argv[1:])
     env.update(shard=list(opts.shard) if opts.shard else None, impls=impls, cases=len(cases),
