@@ -160,7 +160,7 @@ def train_cases(device: str, batches, optimizers=("sgd", "adam"), models=("simpl
     """Whole training steps (forward, loss, backward, optimizer) of the reference models on synthetic MNIST."""
     from reference.models import TrainProblem
 
-    dtypes = dtypes or (("float32", "tf32") if device == "cuda" else ("float32",))
+    dtypes = dtypes or (("float32", "tf32", "bfloat16") if device == "cuda" else ("float32",))
     return [Case("train_step", TrainProblem(m, b, o, dt), device)
             for m in models for b in batches for o in optimizers for dt in dtypes]
 

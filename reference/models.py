@@ -130,24 +130,32 @@ class CNN(nn.Module):
                 p = self.get_parameter(pname)
                 p.copy_(value.to(p.dtype).to(p.device))
 
+    #: mixed precision: layers compute in this dtype (operands cast on the way in, as autocast does); None: as stored
+    compute_dtype: torch.dtype | None = None
+
+    def _param(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.compute_dtype) if self.compute_dtype is not None else t
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = getattr(self.ops, "conv2d_relu", None)
+        x = self._param(x)
         relu = getattr(self.ops, "relu", torch.relu)  # an ops object may own the hidden ReLU too (the reference does)
         for i, pad in enumerate(self.paddings, 1):
             layer = self.get_submodule(f"conv{i}")
+            w, b = self._param(layer.weight), self._param(layer.bias)
             if fused is not None:
-                x = fused(x, layer.weight, layer.bias, padding=pad)
+                x = fused(x, w, b, padding=pad)
             else:
-                x = torch.relu(self.ops.conv2d(x, layer.weight, layer.bias, padding=pad))
+                x = torch.relu(self.ops.conv2d(x, w, b, padding=pad))
             x = self.ops.max_pool2d(x, 2, 2)
         x = x.flatten(1)
         last = len(self.arch.linears)
         for i in range(1, last + 1):
             layer = self.get_submodule(f"fc{i}")
-            x = F.linear(x, layer.weight, layer.bias)
+            x = F.linear(x, self._param(layer.weight), self._param(layer.bias))
             if i < last:
                 x = relu(x)
-        return x
+        return x.float() if self.compute_dtype is not None else x  # the loss in float32
 
     def with_ops(self, ops) -> CNN:
         """A view of this model (same parameter tensors) that computes through ``ops``."""
@@ -350,9 +358,10 @@ def synthetic_mnist(n: int, seed: int = 0, device="cpu", dtype: torch.dtype = to
 
 
 # ---- the benchmarked problem --------------------------------------------------------------------------------------
-#: parameters are stored in the step's dtype; half-precision training (autocast over float32 master weights) is a
-#: different step and not modelled here
-TRAIN_DTYPES = ("float64", "float32", "tf32")
+#: float64/float32/tf32: parameters, activations and math in that dtype. bfloat16: mixed precision as autocast does
+#: it — float32 master weights and optimizer, conv/pool/linear computed in bfloat16 (operands cast on the way in,
+#: gradients cast back to float32), the loss in float32.
+TRAIN_DTYPES = ("float64", "float32", "tf32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -394,8 +403,18 @@ class TrainProblem:
         return self.batch
 
     @property
+    def storage(self) -> torch.dtype:
+        """dtype of the parameters, optimizer state and input images (float32 master weights for bfloat16)."""
+        return torch.float32 if self.dtype == "bfloat16" else DTYPES[self.dtype]
+
+    @property
+    def compute(self) -> torch.dtype | None:
+        """dtype the layers compute in when it differs from the storage (mixed precision), else None."""
+        return torch.bfloat16 if self.dtype == "bfloat16" else None
+
+    @property
     def itemsize(self) -> int:
-        return torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+        return torch.empty((), dtype=self.storage).element_size()
 
     def convs(self) -> tuple[ConvProblem, ...]:
         """The forward conv2d problem of each conv layer of one step."""
@@ -439,24 +458,27 @@ class TrainProblem:
         activations (A = activation_elements): forward writes and the next op reads each (2·A); backward reads the
         saved ones again, writes and reads their gradients (3·A) → 5·A;
         input images read twice (forward, conv1 weight grad) and int64 labels read once.
-        Fused conv+ReLU or kept-in-cache tensors move less; this is the unfused upper estimate."""
+        Fused conv+ReLU or kept-in-cache tensors move less; this is the unfused upper estimate.
+        Mixed precision keeps parameters in float32 and activations in bfloat16 (2 bytes)."""
         params = (5 + 2 * OPTIMIZERS[self.optimizer].state_tensors) * self.num_parameters()
-        elems = params + 5 * self.activation_elements() + 2 * math.prod(self.input_shape)
-        return elems * self.itemsize + 8 * self.batch
+        act_bytes = torch.empty((), dtype=self.compute or self.storage).element_size()
+        return ((params + 2 * math.prod(self.input_shape)) * self.itemsize
+                + 5 * self.activation_elements() * act_bytes + 8 * self.batch)
 
     # ---- data and model -------------------------------------------------------------------------------------------
     def make_batches(self, steps: int, seed: int = 0, device="cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``steps`` (images, labels) batches of synthetic digits, in this problem's dtype and layout."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"'steps' must be a positive int, got {steps!r}")
-        x, y = synthetic_mnist(steps * self.batch, seed, device, DTYPES[self.dtype])
+        x, y = synthetic_mnist(steps * self.batch, seed, device, self.storage)
         if self.layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
         return list(zip(x.split(self.batch), y.split(self.batch)))
 
     def build(self, ops, seed: int = 0, device="cpu") -> CNN:
         """This problem's model computing through ``ops`` (conv weights in channels_last memory for that layout)."""
-        model = build_model(self.model, ops, seed, DTYPES[self.dtype], device)
+        model = build_model(self.model, ops, seed, self.storage, device)
+        model.compute_dtype = self.compute
         return model.to(memory_format=torch.channels_last) if self.layout == "channels_last" else model
 
     def replace(self, **changes) -> TrainProblem:
@@ -665,7 +687,7 @@ def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, b
     ``check.max_abs_err`` / ``max_rel_err`` are the worst over all steps of the four."""
     name = dtype if isinstance(dtype, str) else dtype_name(dtype)
     problem = TrainProblem(model_name, batch, optimizer_name, name, layout)
-    storage = DTYPES[problem.dtype]
+    storage = problem.storage
     batches = problem.make_batches(steps, seed, device)
     model = problem.build(ops, seed, device)
     optimizer = make_optimizer(optimizer_name, model.parameters(), **(optimizer_options or {}))

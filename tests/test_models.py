@@ -411,3 +411,17 @@ def test_every_implementation_learns_the_synthetic_digits(name, models, torch_ac
     acc = learn(models(name, impl))
     assert acc >= 0.9, f"{name}: {acc:.1%} held-out accuracy after {LEARN_STEPS} steps"
     assert abs(acc - torch_accuracy) <= 0.03, f"{name}: {acc:.1%} vs torch.nn.functional {torch_accuracy:.1%}"
+
+
+@pytest.mark.parametrize("name", ["cudnn", "im2col"])
+def test_bfloat16_mixed_precision_step_agrees_at_bfloat16_tolerance(name):
+    """dtype 'bfloat16': float32 master weights and optimizer, layers computed in bfloat16 (autocast's recipe)."""
+    from reference.models import TrainProblem
+
+    problem = TrainProblem("simplecnn", 8, "sgd", "bfloat16")
+    assert problem.storage == torch.float32 and problem.compute == torch.bfloat16
+    model = problem.build(implementation(name, "cpu"))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    result = train_agreement(implementation(name, "cpu"), "simplecnn", "sgd", steps=3, batch=8, dtype="bfloat16")
+    assert result.check.ok, result.check.detail
+    assert result.gradients_check.max_abs_err > 1e-6  # it really computed in bfloat16, not float32
