@@ -155,7 +155,7 @@ def test_bad_arguments_name_the_argument():
         make_optimizer("rmsprop", [])
     with pytest.raises(ValueError, match="'lr'"):
         make_optimizer("sgd", [torch.zeros(1, requires_grad=True)], lr=0.1)
-    for field, value in [("model", "lenet"), ("batch", 0), ("optimizer", "lbfgs"), ("dtype", "bfloat16"),
+    for field, value in [("model", "lenet"), ("batch", 0), ("optimizer", "lbfgs"), ("dtype", "float16"),
                          ("layout", "strided")]:
         with pytest.raises(ValueError, match=f"'{field}'"):
             TrainProblem(**{field: value})
