@@ -148,8 +148,13 @@ def _plot_noise(frame: pd.DataFrame, path: Path) -> bool:
     return True
 
 
-def _md_table(df: pd.DataFrame, index: bool = True) -> str:
-    return df.to_markdown(index=index, floatfmt=".3g") if not df.empty else "_none_"
+def _named_index(df: pd.DataFrame) -> bool:
+    """Show the index only when it carries names (case labels, impls), not a 0..n range."""
+    return not isinstance(df.index, pd.RangeIndex)
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=_named_index(df), floatfmt=".3g") if not df.empty else "_none_"
 
 
 def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
@@ -162,11 +167,11 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
     sections: list[tuple[str, object]] = []
     summary = speedups(frame)
     overview = (f"{len(frame)} rows from `{run_dir}`; timed {env.get('start', '?')} → {env.get('end', '?')}, "
-                f"{env.get('threads', '?')} CPU threads, torch {env.get('torch', '?')}. Every timed row agreed with "
+                f"{env.get('threads', '?')} CPU thread(s), torch {env.get('torch', '?')}. Every timed row agreed with "
                 "the float64 oracle first; speedups are geometric means over the cases both implementations ran.")
     sections.append(("Summary", overview))
     if not summary.empty:
-        sections.append(("Speed relative to the library", summary.round(3).set_index(["op", "impl"])))
+        sections.append(("Speed relative to the library", summary.round(3)))
         if _plot_speedups(summary, plots / "speedup.png"):
             sections.append(("", plots / "speedup.png"))
     status = frame.pivot_table(index="impl", columns="status", values="op", aggfunc="count", fill_value=0, sort=False)
@@ -219,7 +224,8 @@ def write_report(run_dir: Path) -> int:
             body.append(f'<img src="{html.escape(rel.as_posix())}" alt="{html.escape(content.stem)}">')
         elif isinstance(content, pd.DataFrame):
             md += [_md_table(content), ""]
-            body.append(content.to_html(escape=True, na_rep="", float_format=lambda v: f"{v:.3g}"))
+            body.append(content.to_html(escape=True, na_rep="", index=_named_index(content),
+                                        float_format=lambda v: f"{v:.3g}"))
         else:
             md += [str(content), ""]
             body.append("".join(f"<p>{html.escape(line.lstrip('- '))}</p>" for line in str(content).splitlines()))

@@ -168,6 +168,7 @@ def case_label(r) -> str:
     """A short human label of a row's case: 'conv2d_backward 8×32×28² k3 s1 p1 → 32 nchw float32'."""
     if r["op"] == "train_step":
         return f"train_step batch {r['batch']} {r['options']} {r['dtype']}"
+    r = {k: (int(v) if isinstance(v, float) and v == v and v.is_integer() else v) for k, v in dict(r).items()}
     shape = f"{r['batch']}×{r['in_channels']}×{r['height']}×{r['width']}"
     geo = f"k{r['kernel_h']}{'' if str(r['kernel_h']) == str(r['kernel_w']) else 'x' + str(r['kernel_w'])}"
     geo += f" s{r['stride']} p{r['padding']}" + (f" d{r['dilation']}" if str(r["dilation"]) != "1" else "")
