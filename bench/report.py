@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from .results import FAILED, atomic_write, case_label, read_rows  # noqa: E402
 
@@ -70,6 +71,14 @@ def case_table(frame: pd.DataFrame, op: str) -> pd.DataFrame:
     return pd.DataFrame.from_dict(table, orient="index")
 
 
+PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # log axes labelled 0.5, 1, 2 rather than 5×10⁻¹
+
+
+def _plain_log(axis) -> None:
+    axis.set_major_formatter(PLAIN)
+    axis.set_minor_formatter(PLAIN)
+
+
 def _plot_rates(frame: pd.DataFrame, op: str, path: Path) -> bool:
     ok = frame[(frame["op"] == op) & (frame["status"] == "ok")].copy()
     if ok.empty:
@@ -80,6 +89,7 @@ def _plot_rates(frame: pd.DataFrame, op: str, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(10, 0.35 * len(pivot) * max(1, len(pivot.columns)) / 2.5 + 1.5))
     pivot.plot.barh(ax=ax, logx=True, width=0.8)
     ax.invert_yaxis()
+    _plain_log(ax.xaxis)
     ax.set_xlabel(f"{unit} (log scale, higher is better)")
     ax.set_ylabel("")
     ax.set_title(f"{op}: throughput per case")
@@ -99,6 +109,7 @@ def _plot_speedups(summary: pd.DataFrame, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(9, 4))
     pivot.plot.bar(ax=ax, logy=True, rot=0)
     ax.axhline(1.0, color="black", lw=0.8)
+    _plain_log(ax.yaxis)
     ax.set_ylabel(f"× {BASELINE} speed (geometric mean, log scale)")
     ax.set_title(f"Speed relative to {BASELINE} (above 1 is faster)")
     ax.grid(axis="y", which="both", alpha=0.3)
