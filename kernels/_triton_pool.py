@@ -21,12 +21,15 @@ from ._triton_conv import INTERPRETED, TUNING, acc_dtype, batch_chunks, launches
 
 
 @triton.jit
-def _tile(NC, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(planes, pixels) of this program: one flat grid axis (neither count is bounded by the 65535 limit of grid
-    axes 1 and 2), plane tiles fastest so neighbouring programs read neighbouring channels of the same pixels."""
+def _tile(NC, C, ROWS, COLS, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's BLOCK_C (n, c) planes and BLOCK_M pixels of a ROWS×COLS grid, with their masks:
+    (n, c, c_ok, row, col, m_ok). One flat grid axis (neither count is bounded by the 65535 limit of grid axes 1
+    and 2), plane tiles fastest so neighbouring programs read neighbouring channels of the same pixels."""
     c_tiles = tl.cdiv(NC, BLOCK_C)
     pid = tl.program_id(0)
-    return (pid % c_tiles) * BLOCK_C + tl.arange(0, BLOCK_C), (pid // c_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rc = (pid % c_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rm = (pid // c_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return rc // C, rc % C, rc < NC, rm // COLS, rm % COLS, rm < ROWS * COLS
 
 
 def _cfg(bm, bc, warps):
@@ -58,13 +61,7 @@ def _max_pool_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, STORE_INDEX: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rc, rm = _tile(NC, BLOCK_M, BLOCK_C)
-    c_ok = rc < NC
-    m_ok = rm < P * Q
-    n = rc // C
-    c = rc % C
-    p = rm // Q
-    q = rm % Q
+    n, c, c_ok, p, q, m_ok = _tile(NC, C, P, Q, BLOCK_M, BLOCK_C)
     h0 = p * str_h - pad_h
     w0 = q * str_w - pad_w
     # first tap of each window that is not in the top/left padding (PoolProblem.first_taps)
@@ -104,13 +101,7 @@ def _max_pool_bwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rc, rm = _tile(NC, BLOCK_M, BLOCK_C)
-    c_ok = rc < NC
-    m_ok = rm < H * W
-    n = rc // C
-    c = rc % C
-    h = rm // W
-    w = rm % W
+    n, c, c_ok, h, w, m_ok = _tile(NC, C, H, W, BLOCK_M, BLOCK_C)
     dy_planes = (n * sdn + c * sdc)[None, :]
     i_planes = (n * sin + c * sic)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
@@ -122,7 +113,7 @@ def _max_pool_bwd_kernel(
             tw = w + pad_w - j * dil_w
             q = tw // str_w
             ok = (p_ok & (tw >= 0) & (tw % str_w == 0) & (q < Q))[:, None] & c_ok[None, :]
-            won = tl.load(i_ptr + (p * sip + q * siq)[:, None] + i_planes, mask=ok, other=-1) == rm[:, None]
+            won = tl.load(i_ptr + (p * sip + q * siq)[:, None] + i_planes, mask=ok, other=-1) == (h * W + w)[:, None]
             g = tl.load(dy_ptr + (p * sdp + q * sdq)[:, None] + dy_planes, mask=ok & won, other=0.0).to(ACC)
             acc += g
     tl.store(dx_ptr + (h * sxh + w * sxw)[:, None] + (n * sxn + c * sxc)[None, :], acc.to(dx_ptr.dtype.element_ty),
@@ -161,13 +152,7 @@ def _avg_pool_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr, OVERRIDE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rc, rm = _tile(NC, BLOCK_M, BLOCK_C)
-    c_ok = rc < NC
-    m_ok = rm < P * Q
-    n = rc // C
-    c = rc % C
-    p = rm // Q
-    q = rm % Q
+    n, c, c_ok, p, q, m_ok = _tile(NC, C, P, Q, BLOCK_M, BLOCK_C)
     h0 = p * str_h - pad_h
     w0 = q * str_w - pad_w
     planes = (n * sxn + c * sxc)[None, :]
@@ -198,13 +183,7 @@ def _avg_pool_bwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr, OVERRIDE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    rc, rm = _tile(NC, BLOCK_M, BLOCK_C)
-    c_ok = rc < NC
-    m_ok = rm < H * W
-    n = rc // C
-    c = rc % C
-    h = rm // W
-    w = rm % W
+    n, c, c_ok, h, w, m_ok = _tile(NC, C, H, W, BLOCK_M, BLOCK_C)
     planes = (n * sdn + c * sdc)[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
     for i in range(KH):
