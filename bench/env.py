@@ -121,15 +121,16 @@ def busy_processes(limit: int = 5) -> list[str]:
 
 def capture(device: str, threads: int, suite: str, suite_hash: str, argv: list[str]) -> dict:
     """The environment at the start of a run, with the warnings that apply already."""
+    cpu = _cpu()
     env = {
         "start": utc_now(), "end": None, "host": socket.gethostname(), "system": platform.system(),
         "machine": platform.machine(), "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else _cpu()["model"],
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else cpu["model"],
         "threads": threads, "suite": suite, "suite_hash": suite_hash, "argv": argv,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": _version("triton"),
                      "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
                      "numpy": _version("numpy"), "convbench": _version("convbench")},
-        "torch": torch.__version__, "cpu_model": _cpu()["model"], "cpu": _cpu(),
+        "torch": torch.__version__, "cpu_model": cpu["model"], "cpu": cpu,
         "gpu": gpu_telemetry() if device == "cuda" else None, "git": _git(),
         "timer": "cuda-events" if device == "cuda" else "perf_counter",
         "settings": {"TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),

@@ -6,7 +6,6 @@ oracle: a wrong result is recorded as ``mismatch`` with its errors, an exception
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import traceback
@@ -248,15 +247,3 @@ def time_case(samplers: list[Sampler], device: str, timing: Timing, phase) -> bo
         for old, new in zip(samplers, again):
             old.samples_ms, old.spent_s = new.samples_ms, new.spent_s
     return True
-
-
-@contextlib.contextmanager
-def threads(n: int | None):
-    """Run with exactly ``n`` intra-op threads (restored after)."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from reference import ConvProblem, PoolProblem
 
 from . import register
-from .base import Implementation
+from .base import Implementation, accumulator_dtype
 
 #: cols block built at once (bytes): about one core's L2 (measured best of 0.5/1/2/8/64 MB on a 2-core EPYC)
 CHUNK_BYTES = 2 << 20
@@ -240,12 +240,11 @@ class Im2col(Implementation):
         kw = p.kernel[1]
         rows = torch.arange(p.P, device=x.device)[:, None] * p.stride[0] - p.pads[0] + (t // kw) * p.dilation[0]
         cols = torch.arange(p.Q, device=x.device)[None, :] * p.stride[1] - p.pads[2] + (t % kw) * p.dilation[1]
-        first_row, first_col = p.first_taps(x.device)
-        start = first_row[:, None] * p.W + first_col[None, :]
+        start = p.first_tap_index(x.device)
         # nothing beats −inf: report the window's first in-range tap, as ATen does
         return values, torch.where(values == float("-inf"), start, rows * p.W + cols)
 
     def _avg_pool2d(self, x, p: PoolProblem):
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        acc = accumulator_dtype(x.dtype)
         sums = _windows(x, p, 0.0).sum(dim=2, dtype=acc)
         return (sums / p.divisor(x.device).to(acc)).to(x.dtype)

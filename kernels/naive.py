@@ -12,12 +12,7 @@ import torch.nn.functional as F
 from reference import ConvProblem, PoolProblem
 
 from . import register
-from .base import Implementation
-
-
-def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 partial sums are kept in fp32 (as cuDNN does); fp32/fp64 keep their own precision."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .base import Implementation, accumulator_dtype
 
 
 def tap(xp: torch.Tensor, h0: int, w0: int, P: int, Q: int, sh: int, sw: int) -> torch.Tensor:
@@ -64,7 +59,7 @@ class Naive(Implementation):
         first_row, first_col = p.first_taps(x.device)
         best = torch.full((x.shape[0], p.C, p.P, p.Q), float("-inf"), dtype=x.dtype, device=x.device)
         # ATen starts from the window's first in-range tap; that stays the index when nothing beats −inf
-        index = (first_row[:, None] * p.W + first_col[None, :]).expand_as(best)
+        index = p.first_tap_index(x.device).expand_as(best)
         with torch.no_grad():
             xp = F.pad(x, (left, right, top, bottom), value=float("-inf"))
             for i in range(kh):

@@ -92,8 +92,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     (_kh, kw), (sh, sw), (ph, pw), (dh, dw) = p.kernel, p.stride, p.padding, p.dilation
     h = (torch.arange(p.P, device=x.device) * sh - ph)[:, None] + (tap // kw) * dh
     w = (torch.arange(p.Q, device=x.device) * sw - pw)[None, :] + (tap % kw) * dw
-    rows, cols = p.first_taps(x.device)
-    start = rows[:, None] * p.W + cols[None, :]
+    start = p.first_tap_index(x.device)
     # nothing beats −inf: ATen reports the window's first in-range tap (its starting point), as the kernels must
     indices = torch.where(values == float("-inf"), start, h * p.W + w)
     if unbatched:

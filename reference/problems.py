@@ -328,6 +328,12 @@ class PoolProblem:
         return (first(self.P, self.stride[0], self.padding[0], self.dilation[0]),
                 first(self.Q, self.stride[1], self.padding[1], self.dilation[1]))
 
+    def first_tap_index(self, device=None) -> torch.Tensor:
+        """(P, Q) flat h·W + w index of each window's first tap outside the top/left padding (see first_taps):
+        the index max_pool2d reports when nothing in the window beats −inf."""
+        rows, cols = self.first_taps(device)
+        return rows[:, None] * self.W + cols[None, :]
+
     def divisor(self, device=None) -> torch.Tensor:
         """(P, Q) float64 divisor of each avg_pool2d window, as ATen defines it.
 
