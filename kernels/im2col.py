@@ -25,6 +25,7 @@ alive from the forward.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import torch
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from reference import ConvProblem, PoolProblem
 
-from . import register
+from . import _native, register
 from .base import Implementation, accumulator_dtype
 
 #: cols block built at once (bytes): about one core's L2 (measured best of 0.5/1/2/8/64 MB on a 2-core EPYC)
@@ -193,18 +194,127 @@ def _col2im(gcols: torch.Tensor, gxp: torch.Tensor, p: ConvProblem) -> None:
             gxp[:, rows, s * dw:s * dw + (p.Q - 1) * sw + 1:sw] += gcols[:, :, :, r, s]
 
 
+# ---- the cache-blocked native path (fp32 on the CPU): kernels/csrc/im2col_cpu.cpp --------------------------------
+#: cols tile built and consumed at once by the native path (bytes): within L2, so the GEMM reads it from cache
+TILE_BYTES = 64 << 10
+
+
+def _native_lib(x: torch.Tensor):
+    return _native.load("im2col_cpu") if x.device.type == "cpu" and x.dtype == torch.float32 else None
+
+
+def _depthwise(p: ConvProblem) -> bool:
+    return p.groups > 1 and p.groups == p.C
+
+
+def _geometry(p: ConvProblem, N: int):
+    top, _, left, _ = p.pads
+    g = (N, p.C, p.H, p.W, p.K, p.R, p.S, p.P, p.Q, *p.stride, top, left, *p.dilation, p.groups)
+    return (ctypes.c_int64 * 16)(*g)
+
+
+def _tile_rows(p: ConvProblem, nchw: bool) -> int:
+    """Output pixels per tile: a TILE_BYTES cols block (one group's for NCHW), a multiple of 16 pixels (the GEMM's
+    vector width); NCHW tiles are the GEMM's N dimension, which wants at least 64."""
+    row = 4 * p.R * p.S * (p.C // p.groups if nchw else p.C)
+    return max(64 if nchw else 16, min(512, TILE_BYTES // row // 16 * 16))
+
+
+def _native_weight(weight: torch.Tensor, p: ConvProblem, transposed: bool) -> torch.Tensor:
+    """The weight as the NHWC GEMMs read it: (G, R, S, C/G, K/G) for the forward (``transposed``), (G, K/G, R, S,
+    C/G) for the backward; (R·S, K) for depthwise convs either way."""
+    if _depthwise(p):
+        return weight.reshape(p.K, p.R * p.S).t().contiguous()
+    G, Kg, Cg = p.groups, p.K // p.groups, p.C // p.groups
+    w = weight.reshape(G, Kg, Cg, p.R, p.S)
+    return (w.permute(0, 3, 4, 2, 1) if transposed else w.permute(0, 1, 3, 4, 2)).contiguous()
+
+
+def _nchw(x: torch.Tensor) -> bool:
+    """Whether x is (to be) laid out NCHW rather than channels_last."""
+    return not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+
+
+def _native_layout(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
+    """x in the memory format the native path computes in: channels_last input stays NHWC; NCHW input stays NCHW
+    for grouped (not depthwise) and 1×1 convs, whose NCHW cols rows are long and whose per-group GEMMs are wide
+    there, and is converted to NHWC otherwise (measured faster: R·S runs of C channels per pixel instead of one run
+    per output row and (c, r, s))."""
+    if _nchw(x) and ((p.groups > 1 and not _depthwise(p)) or _pointwise(p)):
+        return x.contiguous()
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _native_forward(lib, x: torch.Tensor, weight, bias, p: ConvProblem) -> torch.Tensor:
+    """conv on the native path, in the input's own memory format; x is contiguous in it."""
+    N, nchw = x.shape[0], _nchw(x)
+    b = bias.contiguous() if bias is not None else None
+    threads = ctypes.c_int(torch.get_num_threads())
+    if nchw:
+        y = x.new_empty((N, p.K, p.P, p.Q))
+        w = weight.contiguous()  # held here: the C code gets raw pointers
+        lib.conv_fwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(w), _native.ptr(b), _native.ptr(y),
+                          ctypes.c_int64(_tile_rows(p, True)), threads)
+        return y
+    xh = x.permute(0, 2, 3, 1)
+    y = x.new_empty((N, p.P, p.Q, p.K))
+    wt = _native_weight(weight, p, True)
+    lib.conv_fwd(_geometry(p, N), _native.ptr(xh), _native.ptr(wt), _native.ptr(b), _native.ptr(y),
+                 ctypes.c_int64(_tile_rows(p, False)), threads)
+    return y.permute(0, 3, 1, 2)  # N×K×P×Q in channels_last memory
+
+
+def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w: bool, need_b: bool):
+    N, nchw, G, Kg, Cg = x.shape[0], _nchw(x), p.groups, p.K // p.groups, p.C // p.groups
+    threads = ctypes.c_int(torch.get_num_threads())
+    gb = grad.new_empty(p.K) if need_b else None
+    if nchw:
+        gy = grad.contiguous()
+        gx = torch.empty_like(x) if need_x else None
+        w = weight.contiguous()
+        wT = w.reshape(G, Kg, -1).transpose(1, 2).contiguous()
+        gw = x.new_empty((p.K, p.R * p.S) if Cg == 1 else (G, Cg * p.R * p.S, Kg)) if need_w else None
+        lib.conv_bwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(w), _native.ptr(wT), _native.ptr(gy),
+                          _native.ptr(gx), _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, True)),
+                          threads)
+        if gw is not None and Cg > 1:
+            gw = gw.transpose(1, 2)
+        return gx, (gw.reshape(weight.shape).contiguous() if gw is not None else None), gb
+    xh = x.permute(0, 2, 3, 1)
+    gy = grad.permute(0, 2, 3, 1).contiguous()  # free when grad is channels_last
+    gx = x.new_empty((N, p.H, p.W, p.C)) if need_x else None
+    w = _native_weight(weight, p, False)
+    gw = torch.empty_like(w) if need_w else None
+    lib.conv_bwd(_geometry(p, N), _native.ptr(xh), _native.ptr(w), _native.ptr(gy), _native.ptr(gx), _native.ptr(gw),
+                 _native.ptr(gb), ctypes.c_int64(_tile_rows(p, False)), threads)
+    if gw is not None:
+        if _depthwise(p):
+            gw = gw.t().reshape(p.K, 1, p.R, p.S)
+        else:
+            gw = gw.reshape(p.K, p.R, p.S, p.C // p.groups).permute(0, 3, 1, 2)
+        gw = gw.contiguous()
+    return (gx.permute(0, 3, 1, 2) if gx is not None else None), gw, gb
+
+
 class _Im2colConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, p: ConvProblem):
         ctx.p, ctx.has_bias = p, bias is not None
+        lib = ctx.native = _native_lib(x)
+        if lib is None:
+            ctx.save_for_backward(x, weight)
+            return _forward(x, weight, bias, p)
+        x = _native_layout(x, p)
         ctx.save_for_backward(x, weight)
-        return _forward(x, weight, bias, p)
+        return _native_forward(lib, x, weight, bias, p)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         p: ConvProblem = ctx.p
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if ctx.native is not None:
+            return (*_native_backward(ctx.native, x, weight, grad, p, need_x, need_w, ctx.has_bias and need_b), None)
         grad_x, grad_w = _backward(x, weight, grad, p, need_x, need_w)
         grad_b = grad.sum(dim=(0, 2, 3)) if ctx.has_bias and need_b else None
         return grad_x, grad_w, grad_b, None

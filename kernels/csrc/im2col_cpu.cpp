@@ -1,0 +1,525 @@
+// im2col on the CPU, cache-blocked: build a tile of the patch matrix in L1/L2 and hand it straight to a GEMM.
+//
+// Layout (all NHWC):  x (N, H, W, C)   y (N, P, Q, K)   one output pixel m = (n, p, q) per cols row.
+//   cols[m, g, r, s, c'] = x[n, p·sh − pt + r·dh, q·sw − pl + s·dw, g·Cg + c']      (0 outside the image)
+//   y[m, g·Kg + k']      = Σ_{r,s,c'} cols[m, g, r, s, c'] · Wt[g, r, s, c', k'] (+ bias)   one GEMM per group
+// For G == 1 a cols row is R·S runs of C contiguous input channels; for depthwise convs (Cg == 1) the row is kept
+// tap-major, cols[m, r, s, c], and the "GEMM" is a length-R·S dot product per channel, vectorised over c.
+//
+// Blocking: a tile is MT output pixels of one image; its cols block (MT × R·S·C floats) is sized by the caller to
+// stay in L2, so cols never goes to DRAM: per tile the input halo is read once, cols written and read once (in
+// cache), the output written once. The GEMM is ATen's fp32 brgemm micro-kernel (oneDNN's ukernel where the build
+// has it, else ATen's cpublas::gemm), declared here exactly as in ATen/native/CPUBlas.h so this file needs no torch
+// headers and compiles in about a second.
+//
+// Backward, per tile (one image per thread, so the col2im scatter never races):
+//   grad_cols = grad_y @ Wᵀ (GEMM) then col2im adds each cols entry back onto the input pixel it came from;
+//   grad_W   += grad_yᵀ @ cols (GEMM, cols rebuilt in cache, per-thread partial sums added at the end);
+//   grad_b   += Σ_m grad_y.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+namespace at::native::cpublas {
+void brgemm(int64_t M, int64_t N, int64_t K, int64_t ld_a, int64_t ld_b, int64_t ld_c, bool add_C, const float* A,
+            const float* B, float* C, bool is_vnni);
+void brgemm_release(bool is_vnni);
+}  // namespace at::native::cpublas
+
+namespace {
+
+struct Geom {
+  int64_t N, C, H, W, K, R, S, P, Q, sh, sw, pt, pl, dh, dw, G;
+  int64_t Cg() const { return C / G; }
+  int64_t Kg() const { return K / G; }
+  int64_t RS() const { return R * S; }
+  int64_t row() const { return R * S * C; }  // cols row length
+  bool depthwise() const { return G > 1 && C == G; }
+  // 1×1, stride 1, unpadded, ungrouped: the NHWC input already is the cols matrix
+  // 1×1, stride 1, unpadded: each group's input planes already are its colsT (NCHW)
+  bool pointwise_t() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && P == H && Q == W; }
+  bool pointwise() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && P == H && Q == W && G == 1; }
+};
+
+Geom geom(const int64_t* g) {
+  return Geom{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]};
+}
+
+// C = A (M×K) · B (K×N), row-major with leading dimensions; add to C when acc.
+inline void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                 int64_t ldc, bool acc) {
+  at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, acc, A, B, C, false);
+}
+
+// Short runs (a tap's C or C/G channels, an output row's Q pixels) dominate, so they are moved in whole vectors:
+// AVX-512 masked loads/stores cover any length in ⌈n/16⌉ instructions with no scalar tail; elsewhere a plain loop.
+#ifdef __AVX512F__
+inline __mmask16 tail(int64_t n) { return (__mmask16)((1u << n) - 1u); }
+inline void copy(float* __restrict d, const float* __restrict s, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_loadu_ps(s + i));
+  if (i < n) _mm512_mask_storeu_ps(d + i, tail(n - i), _mm512_maskz_loadu_ps(tail(n - i), s + i));
+}
+inline void zero(float* __restrict d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_setzero_ps());
+  if (i < n) _mm512_mask_storeu_ps(d + i, tail(n - i), _mm512_setzero_ps());
+}
+inline void add(float* __restrict d, const float* __restrict s, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_add_ps(_mm512_loadu_ps(d + i), _mm512_loadu_ps(s + i)));
+  if (i < n) {
+    const __mmask16 m = tail(n - i);
+    _mm512_mask_storeu_ps(d + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + i), _mm512_maskz_loadu_ps(m, s + i)));
+  }
+}
+#else
+inline void copy(float* __restrict d, const float* __restrict s, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) d[i] = s[i];
+}
+inline void zero(float* __restrict d, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) d[i] = 0.f;
+}
+inline void add(float* __restrict d, const float* __restrict s, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) d[i] += s[i];
+}
+#endif
+
+// Moving one run of `len` floats between a cols row and the input image: Build copies it in (zeros for padding),
+// Scatter (col2im) adds it back onto the input gradient.
+struct Build {
+  static void run(float* cols, float* img, int64_t len) { copy(cols, img, len); }
+  static void run(float* cols, float* img, int64_t len, int64_t stride) {
+    for (int64_t i = 0; i < len; ++i) cols[i] = img[i * stride];
+  }
+  static void pad(float* cols, int64_t len) { zero(cols, len); }
+};
+struct Scatter {
+  static void run(float* cols, float* img, int64_t len) { add(img, cols, len); }
+  static void run(float* cols, float* img, int64_t len, int64_t stride) {
+    for (int64_t i = 0; i < len; ++i) img[i * stride] += cols[i];
+  }
+  static void pad(float*, int64_t) {}
+};
+
+// Walk the cols rows of `mt` output pixels starting at pixel m0 of one image `img` (H, W, C). With tap-major rows
+// and no dilation, the S taps of one kernel row are S·C contiguous floats on both sides: one run instead of S.
+template <class Op>
+void walk(const Geom& g, float* img, float* cols, int64_t m0, int64_t mt) {
+  const int64_t C = g.C, S = g.S, RS = g.RS(), Cg = g.Cg(), row = g.row();
+  const bool tap_major = g.G == 1 || g.depthwise();
+  int64_t p = m0 / g.Q, q = m0 % g.Q;
+  for (int64_t i = 0; i < mt; ++i) {
+    float* crow = cols + i * row;
+    const int64_t iw0 = q * g.sw - g.pl;
+    const bool whole_row = g.dw == 1 && iw0 >= 0 && iw0 + S <= g.W;
+    for (int64_t r = 0; r < g.R; ++r) {
+      const int64_t ih = p * g.sh - g.pt + r * g.dh;
+      float* line = ih >= 0 && ih < g.H ? img + ih * g.W * C : nullptr;
+      if (tap_major) {
+        float* d = crow + r * S * C;
+        if (!line) {
+          Op::pad(d, S * C);
+        } else if (whole_row) {
+          Op::run(d, line + iw0 * C, S * C);
+        } else {
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t iw = iw0 + s * g.dw;
+            if (iw >= 0 && iw < g.W) Op::run(d + s * C, line + iw * C, C); else Op::pad(d + s * C, C);
+          }
+        }
+        continue;
+      }
+      for (int64_t s = 0; s < S; ++s) {  // group-major rows: each group's C/G channels of the tap
+        const int64_t iw = iw0 + s * g.dw;
+        const bool in = line && iw >= 0 && iw < g.W;
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          float* d = crow + (gi * RS + r * S + s) * Cg;
+          if (in) Op::run(d, line + iw * C + gi * Cg, Cg); else Op::pad(d, Cg);
+        }
+      }
+    }
+    if (++q == g.Q) q = 0, ++p;
+  }
+}
+
+void build_cols(const Geom& g, const float* x, int64_t n, int64_t m0, int64_t mt, float* cols) {
+  walk<Build>(g, const_cast<float*>(x) + n * g.H * g.W * g.C, cols, m0, mt);
+}
+
+void col2im(const Geom& g, float* gcols, int64_t n, int64_t m0, int64_t mt, float* gx) {
+  walk<Scatter>(g, gx + n * g.H * g.W * g.C, gcols, m0, mt);
+}
+
+// NCHW ("cols transposed"): colsT[(c, r, s), i] = x[n, c0 + c, ih(i, r), iw(i, s)] for the cc channels of one group
+// and the mt pixels m0.. of one image `img` (C, H, W); rows have leading dimension ld. Along a row the pixels of one
+// output row read one input row: a contiguous run for stride 1 (zeros where it hangs over the padding).
+template <class Op>
+void walk_t(const Geom& g, float* img, float* cols, int64_t ld, int64_t c0, int64_t cc, int64_t m0, int64_t mt) {
+  for (int64_t c = 0; c < cc; ++c) {
+    float* plane = img + (c0 + c) * g.H * g.W;
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < g.S; ++s) {
+        float* row = cols + ((c * g.R + r) * g.S + s) * ld;
+        const int64_t off = s * g.dw - g.pl;  // iw = q·sw + off
+        const int64_t qlo = off >= 0 ? 0 : (-off + g.sw - 1) / g.sw;  // first q with iw ≥ 0
+        const int64_t qhi = g.W - 1 - off >= 0 ? (g.W - 1 - off) / g.sw + 1 : 0;  // one past the last with iw < W
+        int64_t p = m0 / g.Q, q = m0 % g.Q;
+        for (int64_t i = 0; i < mt; q = 0, ++p) {
+          const int64_t len = std::min(g.Q - q, mt - i), ih = p * g.sh - g.pt + r * g.dh;
+          float* d = row + i - q;  // d[q'] is output column q' of this output row
+          if (ih < 0 || ih >= g.H) {
+            Op::pad(d + q, len);
+          } else {
+            const int64_t a = std::clamp(qlo, q, q + len), b = std::clamp(qhi, a, q + len);
+            float* line = plane + ih * g.W + off;
+            Op::pad(d + q, a - q);
+            if (g.sw == 1) Op::run(d + a, line + a, b - a); else Op::run(d + a, line + a * g.sw, b - a, g.sw);
+            Op::pad(d + b, q + len - b);
+          }
+          i += len;
+        }
+      }
+  }
+}
+
+constexpr int64_t V = 16;  // floats per accumulator block (one AVX-512 register, two AVX2 ones)
+
+// acc[b][0..V) += Σ_i a[b·ba + i·sa + j] · w[b·bw + i·sw + j] for B independent blocks at once, in registers: B chains
+// of fused multiply-adds hide the FMA latency that a single accumulator would wait on.
+template <int B>
+inline void dot_blocks(float* acc, int64_t bacc, const float* a, int64_t ba, int64_t sa, const float* w, int64_t bw,
+                       int64_t sw, int64_t n) {
+  float r[B][V];
+  for (int b = 0; b < B; ++b)
+    for (int64_t j = 0; j < V; ++j) r[b][j] = acc[b * bacc + j];
+  for (int64_t i = 0; i < n; ++i)
+    for (int b = 0; b < B; ++b) {
+      const float* x = a + b * ba + i * sa;
+      const float* y = w + b * bw + i * sw;
+#pragma omp simd
+      for (int64_t j = 0; j < V; ++j) r[b][j] += x[j] * y[j];
+    }
+  for (int b = 0; b < B; ++b)
+    for (int64_t j = 0; j < V; ++j) acc[b * bacc + j] = r[b][j];
+}
+
+// Depthwise "GEMM", Kg == 1: out[i, k] = bias[k] + Σ_t cols[i, t, k] · wt[t, k], four pixels at a time.
+void depthwise_fwd(const Geom& g, const float* cols, const float* wt, const float* bias, float* out, int64_t mt) {
+  const int64_t K = g.K, RS = g.RS(), row = g.row(), full = K / V * V;
+  for (int64_t i = 0; i < mt; ++i)
+    if (bias) copy(out + i * K, bias, K); else zero(out + i * K, K);
+  int64_t i = 0;
+  for (; i + 4 <= mt; i += 4)
+    for (int64_t k0 = 0; k0 < full; k0 += V) dot_blocks<4>(out + i * K + k0, K, cols + i * row + k0, row, K, wt + k0, 0, K, RS);
+  for (; i < mt; ++i)
+    for (int64_t k0 = 0; k0 < full; k0 += V) dot_blocks<1>(out + i * K + k0, K, cols + i * row + k0, row, K, wt + k0, 0, K, RS);
+  for (int64_t k = full; k < K; ++k)
+    for (int64_t i2 = 0; i2 < mt; ++i2)
+      for (int64_t t = 0; t < RS; ++t) out[i2 * K + k] += cols[i2 * row + t * K + k] * wt[t * K + k];
+}
+
+// Depthwise weight gradient, Kg == 1: gw[t, k] += Σ_i cols[i, t, k] · gy[i, k].
+void depthwise_wgrad(const Geom& g, const float* cols, const float* gy, float* gw, int64_t mt) {
+  const int64_t K = g.K, RS = g.RS(), row = g.row(), full = K / V * V;
+  for (int64_t t = 0; t < RS; ++t) {
+    int64_t k0 = 0;
+    for (; k0 + 2 * V <= full; k0 += 2 * V) dot_blocks<2>(gw + t * K + k0, V, cols + t * K + k0, V, row, gy + k0, V, K, mt);
+    for (; k0 < full; k0 += V) dot_blocks<1>(gw + t * K + k0, V, cols + t * K + k0, V, row, gy + k0, V, K, mt);
+    for (int64_t k = full; k < K; ++k)
+      for (int64_t i = 0; i < mt; ++i) gw[t * K + k] += cols[i * row + t * K + k] * gy[i * K + k];
+  }
+}
+
+// Thread-local tile buffers, kept between calls so no call pays page faults for fresh memory; 64-byte aligned so
+// vector stores into cols never straddle cache lines.
+float* scratch(int which, int64_t n) {
+  static thread_local std::vector<float> bufs[3];
+  if ((int64_t)bufs[which].size() < n + 16) bufs[which].resize(n + 16);
+  const auto addr = reinterpret_cast<uintptr_t>(bufs[which].data());
+  return reinterpret_cast<float*>((addr + 63) & ~uintptr_t(63));
+}
+
+int64_t tiles_per_image(const Geom& g, int64_t MT) { return (g.P * g.Q + MT - 1) / MT; }
+
+// out[j·ldo + m] (+)= Σ_t w[j·ldw + t] · cols[t·ld + m] for j < nj, m < mt: the GEMM of a depthwise conv, whose
+// reduction (R·S taps) is too short for the GEMM kernel; 64 pixels per register block.
+void small_gemm(float* out, int64_t ldo, const float* w, int64_t ldw, const float* cols, int64_t ld, int64_t nj,
+                int64_t nt, int64_t mt, bool acc) {
+  constexpr int64_t B = 64;
+  for (int64_t j = 0; j < nj; ++j)
+    for (int64_t m0 = 0; m0 < mt; m0 += B) {
+      float* o = out + j * ldo + m0;
+      const float* wj = w + j * ldw;
+      float r[B];
+      if (m0 + B <= mt) {
+        for (int64_t k = 0; k < B; ++k) r[k] = acc ? o[k] : 0.f;
+        for (int64_t t = 0; t < nt; ++t) {
+          const float wv = wj[t], *c = cols + t * ld + m0;
+#pragma omp simd
+          for (int64_t k = 0; k < B; ++k) r[k] += wv * c[k];
+        }
+        for (int64_t k = 0; k < B; ++k) o[k] = r[k];
+      } else {
+        const int64_t len = mt - m0;
+        for (int64_t k = 0; k < len; ++k) r[k] = acc ? o[k] : 0.f;
+        for (int64_t t = 0; t < nt; ++t)
+          for (int64_t k = 0; k < len; ++k) r[k] += wj[t] * cols[t * ld + m0 + k];
+        for (int64_t k = 0; k < len; ++k) o[k] = r[k];
+      }
+    }
+}
+
+// Σ_m a[m], in V lanes
+inline float sum(const float* __restrict a, int64_t n) {
+  float r[V] = {};
+  int64_t m = 0;
+  for (; m + V <= n; m += V)
+#pragma omp simd
+    for (int64_t j = 0; j < V; ++j) r[j] += a[m + j];
+  float total = 0.f;
+  for (; m < n; ++m) total += a[m];
+  for (int64_t j = 0; j < V; ++j) total += r[j];
+  return total;
+}
+
+// Σ_m a[m] · b[m]
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float r[V] = {};
+  int64_t m = 0;
+  for (; m + V <= n; m += V)
+#pragma omp simd
+    for (int64_t j = 0; j < V; ++j) r[j] += a[m + j] * b[m + j];
+  float sum = 0.f;
+  for (; m < n; ++m) sum += a[m] * b[m];
+  for (int64_t j = 0; j < V; ++j) sum += r[j];
+  return sum;
+}
+
+}  // namespace
+
+extern "C" {
+
+// y (N·P·Q × K) = conv(x); wt is (G, R, S, Cg, Kg) — or (R·S, K) for depthwise; bias may be null.
+void conv_fwd(const int64_t* gp, const float* x, const float* wt, const float* bias, float* y, int64_t MT,
+              int threads) {
+  const Geom g = geom(gp);
+  const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), row = g.row(), RS = g.RS(), Cg = g.Cg(), Kg = g.Kg();
+#pragma omp parallel num_threads(threads)
+  {
+    float* cols = scratch(0, MT * row);
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < g.N * T; ++job) {
+      const int64_t n = job / T, m0 = (job % T) * MT, mt = std::min(MT, PQ - m0);
+      float* out = y + (n * PQ + m0) * g.K;
+      const float* a = cols;
+      if (g.pointwise()) a = x + (n * PQ + m0) * g.C; else build_cols(g, x, n, m0, mt, cols);
+      if (g.depthwise() && Kg == 1) {
+        depthwise_fwd(g, cols, wt, bias, out, mt);
+        continue;
+      }
+      if (g.depthwise()) {  // channel multiplier Kg > 1: out[m, c·Kg + j] = Σ_t cols[m, t, c] · wt[t, c·Kg + j]
+        for (int64_t i = 0; i < mt; ++i) {
+          float* o = out + i * g.K;
+          if (bias) copy(o, bias, g.K); else zero(o, g.K);
+          for (int64_t t = 0; t < RS; ++t)
+            for (int64_t k = 0; k < g.K; ++k) o[k] += cols[i * row + t * g.C + k / Kg] * wt[t * g.K + k];
+        }
+        continue;
+      }
+      if (bias)
+        for (int64_t i = 0; i < mt; ++i) copy(out + i * g.K, bias, g.K);
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        gemm(mt, Kg, RS * Cg, a + gi * RS * Cg, row, wt + gi * RS * Cg * Kg, Kg, out + gi * Kg, g.K, bias != nullptr);
+    }
+    at::native::cpublas::brgemm_release(false);
+  }
+}
+
+// Backward. gy (N·P·Q × K). w is (G, Kg, R, S, Cg) — or (R·S, K) for depthwise. Outputs (each may be null):
+// gx (N, H, W, C), zeroed here; gw with w's layout; gb (K).
+void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
+              int64_t MT, int threads) {
+  const Geom g = geom(gp);
+  const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), row = g.row(), RS = g.RS(), Cg = g.Cg(), Kg = g.Kg();
+  const int64_t wsize = g.K * RS * Cg;
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N));
+  std::vector<float> partial((gw || gb) ? (size_t)nt * (wsize + g.K) : 0, 0.f);
+#pragma omp parallel num_threads(nt)
+  {
+    float* cols = scratch(0, MT * row);
+    float* gcols = scratch(1, MT * row);
+    float* gyt = scratch(2, MT * g.K);
+    float* pw = partial.empty() ? nullptr : partial.data() + (size_t)omp_get_thread_num() * (wsize + g.K);
+    float* pb = pw ? pw + wsize : nullptr;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      if (gx) zero(gx + n * g.H * g.W * g.C, g.H * g.W * g.C);
+      for (int64_t tile = 0; tile < T; ++tile) {
+        const int64_t m0 = tile * MT, mt = std::min(MT, PQ - m0);
+        const float* dy = gy + (n * PQ + m0) * g.K;
+        if (gb)
+          for (int64_t i = 0; i < mt; ++i) add(pb, dy + i * g.K, g.K);
+        if (gx) {  // grad_cols = grad_y @ Wᵀ, then col2im
+          if (g.depthwise()) {
+            for (int64_t i = 0; i < mt; ++i)
+              for (int64_t t = 0; t < RS; ++t) {
+                float* d = gcols + i * row + t * g.C;
+                const float* wr = w + t * g.K;
+                const float* yi = dy + i * g.K;
+                if (Kg == 1) {
+#pragma omp simd
+                  for (int64_t c = 0; c < g.C; ++c) d[c] = yi[c] * wr[c];
+                } else {
+                  for (int64_t c = 0; c < g.C; ++c) {
+                    float a = 0.f;
+                    for (int64_t j = 0; j < Kg; ++j) a += yi[c * Kg + j] * wr[c * Kg + j];
+                    d[c] = a;
+                  }
+                }
+              }
+          } else if (g.pointwise()) {  // grad_cols is the input gradient itself
+            gemm(mt, g.C, g.K, dy, g.K, w, g.C, gx + (n * PQ + m0) * g.C, g.C, false);
+          } else {
+            for (int64_t gi = 0; gi < g.G; ++gi)
+              gemm(mt, RS * Cg, Kg, dy + gi * Kg, g.K, w + gi * Kg * RS * Cg, RS * Cg, gcols + gi * RS * Cg, row,
+                   false);
+          }
+          if (!g.pointwise()) col2im(g, gcols, n, m0, mt, gx);
+        }
+        if (gw) {  // grad_W += grad_yᵀ @ cols
+          const float* b = cols;
+          if (g.pointwise()) b = x + (n * PQ + m0) * g.C; else build_cols(g, x, n, m0, mt, cols);
+          if (g.depthwise() && Kg == 1) {
+            depthwise_wgrad(g, cols, dy, pw, mt);
+          } else if (g.depthwise()) {  // gw[t, k] += Σ_m cols[m, t, k / Kg] · grad_y[m, k]
+            for (int64_t i = 0; i < mt; ++i)
+              for (int64_t t = 0; t < RS; ++t)
+                for (int64_t k = 0; k < g.K; ++k) pw[t * g.K + k] += cols[i * row + t * g.C + k / Kg] * dy[i * g.K + k];
+          } else {
+            for (int64_t i = 0; i < mt; ++i)  // grad_y tile transposed: (K × mt)
+              for (int64_t k = 0; k < g.K; ++k) gyt[k * mt + i] = dy[i * g.K + k];
+            for (int64_t gi = 0; gi < g.G; ++gi)
+              gemm(Kg, RS * Cg, mt, gyt + gi * Kg * mt, mt, b + gi * RS * Cg, row, pw + gi * Kg * RS * Cg, RS * Cg,
+                   true);
+          }
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(false);
+  }
+  for (int t = 0; t < nt && !partial.empty(); ++t) {
+    const float* pw = partial.data() + (size_t)t * (wsize + g.K);
+    if (gw) {
+      if (t == 0) copy(gw, pw, wsize); else add(gw, pw, wsize);
+    }
+    if (gb) {
+      if (t == 0) copy(gb, pw + wsize, g.K); else add(gb, pw + wsize, g.K);
+    }
+  }
+}
+
+
+// NCHW forward: y (N, K, P, Q) = conv(x (N, C, H, W)); w is the weight as given, (G, K/G, C/G·R·S).
+// One GEMM per (image, group, tile): y[n, group's K/G rows, tile] = W_g (K/G × C/G·R·S) · colsT (C/G·R·S × mt),
+// written straight into the NCHW output (leading dimension P·Q).
+void conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const float* bias, float* y, int64_t MT,
+                   int threads) {
+  const Geom g = geom(gp);
+  const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS();
+#pragma omp parallel num_threads(threads)
+  {
+    float* cols = scratch(0, MT * CRS);
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < g.N * g.G * T; ++job) {
+      const int64_t n = job / (g.G * T), gi = job / T % g.G, m0 = job % T * MT, mt = std::min(MT, PQ - m0);
+      float* img = const_cast<float*>(x) + n * g.C * g.H * g.W;
+      const float* b = cols;
+      int64_t ldb = MT;
+      if (g.pointwise_t()) b = img + gi * Cg * PQ + m0, ldb = PQ; else walk_t<Build>(g, img, cols, MT, gi * Cg, Cg, m0, mt);
+      float* out = y + (n * g.K + gi * Kg) * PQ + m0;
+      if (bias)
+        for (int64_t j = 0; j < Kg; ++j) std::fill(out + j * PQ, out + j * PQ + mt, bias[gi * Kg + j]);
+      if (Cg == 1) small_gemm(out, PQ, w + gi * Kg * CRS, CRS, b, ldb, Kg, CRS, mt, bias != nullptr);
+      else gemm(Kg, mt, CRS, w + gi * Kg * CRS, CRS, b, ldb, out, PQ, bias != nullptr);
+    }
+    at::native::cpublas::brgemm_release(false);
+  }
+}
+
+// NCHW backward. gy (N, K, P, Q); w as given (G, K/G, C/G·R·S) and wT (G, C/G·R·S, K/G). Outputs (each may be null):
+// gx (N, C, H, W), zeroed here; gw (G, C/G·R·S, K/G) — (K, R·S) for C/G == 1; gb (K). One thread per
+// (image, group): its col2im touches only that image's group channels, so no two threads add to one pixel.
+void conv_bwd_nchw(const int64_t* gp, const float* x, const float* w, const float* wT, const float* gy, float* gx,
+                   float* gw, float* gb, int64_t MT, int threads) {
+  const Geom g = geom(gp);
+  const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS();
+  const int64_t wsize = g.K * CRS;
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N * g.G));
+  std::vector<float> partial((gw || gb) ? (size_t)nt * (wsize + g.K) : 0, 0.f);
+#pragma omp parallel num_threads(nt)
+  {
+    float* cols = scratch(0, MT * CRS);
+    float* gcols = scratch(1, MT * CRS);
+    float* gyt = scratch(2, MT * Kg);
+    float* pw = partial.empty() ? nullptr : partial.data() + (size_t)omp_get_thread_num() * (wsize + g.K);
+    float* pb = pw ? pw + wsize : nullptr;
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < g.N * g.G; ++job) {
+      const int64_t n = job / g.G, gi = job % g.G;
+      float* img = const_cast<float*>(x) + n * g.C * g.H * g.W;
+      float* gimg = gx ? gx + n * g.C * g.H * g.W : nullptr;
+      if (gimg) zero(gimg + gi * Cg * g.H * g.W, Cg * g.H * g.W);
+      for (int64_t tile = 0; tile < T; ++tile) {
+        const int64_t m0 = tile * MT, mt = std::min(MT, PQ - m0);
+        const float* dy = gy + (n * g.K + gi * Kg) * PQ + m0;  // (K/G × mt), leading dimension P·Q
+        if (gb)
+          for (int64_t j = 0; j < Kg; ++j)
+            pb[gi * Kg + j] += sum(dy + j * PQ, mt);
+        if (gimg) {  // grad_colsT = W_gᵀ · grad_y, then col2im
+          if (g.pointwise_t()) {
+            gemm(CRS, mt, Kg, wT + gi * CRS * Kg, Kg, dy, PQ, gimg + gi * Cg * PQ + m0, PQ, false);
+          } else {
+            if (Cg == 1) small_gemm(gcols, MT, wT + gi * CRS * Kg, Kg, dy, PQ, CRS, Kg, mt, false);
+            else gemm(CRS, mt, Kg, wT + gi * CRS * Kg, Kg, dy, PQ, gcols, MT, false);
+            walk_t<Scatter>(g, gimg, gcols, MT, gi * Cg, Cg, m0, mt);
+          }
+        }
+        if (gw) {  // grad_W_gᵀ += colsT · grad_yᵀ
+          const float* a = cols;
+          int64_t lda = MT;
+          if (g.pointwise_t()) a = img + gi * Cg * PQ + m0, lda = PQ; else walk_t<Build>(g, img, cols, MT, gi * Cg, Cg, m0, mt);
+          if (Cg == 1) {  // gw[k, t] += Σ_m colsT[t, m] · grad_y[k, m]
+            for (int64_t j = 0; j < Kg; ++j)
+              for (int64_t t = 0; t < CRS; ++t) pw[(gi * Kg + j) * CRS + t] += dot(a + t * lda, dy + j * PQ, mt);
+          } else {
+            for (int64_t j = 0; j < Kg; ++j)
+              for (int64_t m = 0; m < mt; ++m) gyt[m * Kg + j] = dy[j * PQ + m];
+            gemm(CRS, Kg, mt, a, lda, gyt, Kg, pw + gi * CRS * Kg, Kg, true);
+          }
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(false);
+  }
+  for (int t = 0; t < nt && !partial.empty(); ++t) {
+    const float* pw = partial.data() + (size_t)t * (wsize + g.K);
+    if (gw) {
+      if (t == 0) copy(gw, pw, wsize); else add(gw, pw, wsize);
+    }
+    if (gb) {
+      if (t == 0) copy(gb, pw + wsize, g.K); else add(gb, pw + wsize, g.K);
+    }
+  }
+}
+
+}  // extern "C"
