@@ -1,26 +1,26 @@
-"""im2col: lower the convolution to one GEMM (and pooling to a reduction over unfolded windows).
+"""im2col: lower the convolution to GEMMs over an explicit patch matrix (and pooling to a reduction over windows).
 
+Two paths compute the same thing; the ``backend`` column says which ran.
+
+Native (fp32 on the CPU; kernels/csrc/im2col_cpu.cpp, built with the machine's compiler on first use): the cols
+matrix is built one L2-sized tile of output pixels at a time and handed straight to ATen's fp32 brgemm micro-kernel
+(oneDNN's ukernel), so cols never reaches DRAM. Two layouts, picked per problem (``_native_layout``):
+  NHWC  cols[m, (r, s, c)] (R·S runs of C channels per pixel)   y (pixels × K) = cols @ Wᵀ        — one GEMM/group
+  NCHW  colsT[(c, r, s), m] (one run per output row)             y[n, group] (K/G × pixels) = W_g @ colsT
+Depthwise convs use a vectorised R·S-tap reduction as their GEMM; 1×1 stride-1 convs use the input as cols.
+Backward, per tile: grad_cols = grad_y @ W then col2im (adds back onto the input pixels it came from), and
+grad_W += grad_yᵀ @ cols with cols rebuilt in cache; the bias gradient is summed in the same pass.
+Memory traffic per tile: the input halo once, cols written and read once in cache, the output once.
+
+Pure torch (every other dtype and device, or without a compiler):
 Forward:  xpad = the input in NHWC memory, zero-padded (one copy; none for an unpadded channels_last input)
           cols[n·P·Q + p·Q + q, (r·S + s)·C + c] = xpad[n, p·sh + r·dh, q·sw + s·dw, c]   (one strided copy)
           out (N·P·Q × K) = cols (N·P·Q × R·S·C) @ Wmat (R·S·C × K) + bias               (one GEMM)
 Backward: grad_W = grad_outᵀ @ cols,  grad_cols = grad_out @ Wmatᵀ,  grad_x = col2im(grad_cols) (R·S strided adds)
-
-Rows are output pixels and columns (r, s, c) with c fastest, so every cols row is R·S contiguous runs of C channels
-and the GEMM writes the output already in NHWC order: it is returned as an N×K×P×Q tensor in channels_last memory,
-with no transpose on either side of the GEMM. A 1×1, stride-1, unpadded conv needs no cols at all.
-
-Groups: one GEMM against a block-diagonal Wmat (zeros outside each group's C/G × K/G block) when that matrix is
-small, else one batched GEMM per group. The block-diagonal form does G× the multiply-adds but keeps a single large,
-efficient GEMM; for depthwise convs each per-group "GEMM" would otherwise be a length-R·S dot product.
-
-GEMM engine: on x86 CPUs oneDNN's inner-product kernel (AVX-512 wherever the CPU has it) — MKL's sgemm runs its
-AVX2 path on AMD processors — and cuBLAS on GPUs.
-
-Cache blocking: the batch is processed in chunks whose cols block stays within ``CHUNK_BYTES`` (about one core's
-L2), built in one reused workspace, so cols is written and read back from cache rather than DRAM, and no call pays
-page faults for a fresh multi-megabyte buffer. Memory traffic per chunk: the padded input once, cols written and
-read once (R·S× the input), the weight once, the output once. Backward recomputes cols rather than keeping them
-alive from the forward.
+The GEMM writes the output in NHWC order (returned as N×K×P×Q in channels_last memory). Groups: one GEMM against a
+block-diagonal Wmat when that matrix is small, else a batched GEMM per group. GEMM engine: oneDNN's inner product
+on x86 CPUs (MKL's sgemm runs its AVX2 path on AMD), cuBLAS on GPUs. The batch is processed in chunks whose cols
+block stays within ``CHUNK_BYTES``, built in one reused workspace.
 """
 
 from __future__ import annotations
@@ -339,7 +339,10 @@ class Im2col(Implementation):
         if str(device).startswith("cuda"):
             return "cublas-gemm"
         dtype = getattr(torch, problem.dtype) if problem is not None and problem.dtype != "tf32" else torch.float32
-        return "onednn-gemm" if _onednn_ok(torch.empty(0, dtype=dtype)) else "blas-gemm"
+        probe = torch.empty(0, dtype=dtype)
+        if _native_lib(probe) is not None:
+            return "onednn-brgemm-native"
+        return "onednn-gemm" if _onednn_ok(probe) else "blas-gemm"
 
     def _conv2d(self, x, weight, bias, p: ConvProblem):
         return _Im2colConv.apply(x, weight, bias, p)
