@@ -305,6 +305,19 @@ inline float dot(const float* __restrict a, const float* __restrict b, int64_t n
   return sum;
 }
 
+// gw (wsize) and gb (K) = the sums of the nt per-thread partials, each laid out [gw part | gb part].
+void sum_partials(const std::vector<float>& partial, int nt, int64_t wsize, int64_t K, float* gw, float* gb) {
+  for (int t = 0; t < nt && !partial.empty(); ++t) {
+    const float* pw = partial.data() + (size_t)t * (wsize + K);
+    if (gw) {
+      if (t == 0) copy(gw, pw, wsize); else add(gw, pw, wsize);
+    }
+    if (gb) {
+      if (t == 0) copy(gb, pw + wsize, K); else add(gb, pw + wsize, K);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -417,15 +430,7 @@ void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy
     }
     at::native::cpublas::brgemm_release(false);
   }
-  for (int t = 0; t < nt && !partial.empty(); ++t) {
-    const float* pw = partial.data() + (size_t)t * (wsize + g.K);
-    if (gw) {
-      if (t == 0) copy(gw, pw, wsize); else add(gw, pw, wsize);
-    }
-    if (gb) {
-      if (t == 0) copy(gb, pw + wsize, g.K); else add(gb, pw + wsize, g.K);
-    }
-  }
+  sum_partials(partial, nt, wsize, g.K, gw, gb);
 }
 
 
@@ -511,15 +516,7 @@ void conv_bwd_nchw(const int64_t* gp, const float* x, const float* w, const floa
     }
     at::native::cpublas::brgemm_release(false);
   }
-  for (int t = 0; t < nt && !partial.empty(); ++t) {
-    const float* pw = partial.data() + (size_t)t * (wsize + g.K);
-    if (gw) {
-      if (t == 0) copy(gw, pw, wsize); else add(gw, pw, wsize);
-    }
-    if (gb) {
-      if (t == 0) copy(gb, pw + wsize, g.K); else add(gb, pw + wsize, g.K);
-    }
-  }
+  sum_partials(partial, nt, wsize, g.K, gw, gb);
 }
 
 }  // extern "C"
