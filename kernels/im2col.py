@@ -271,10 +271,9 @@ def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w:
     if nchw:
         gy = grad.contiguous()
         gx = torch.empty_like(x) if need_x else None
-        w = weight.contiguous()
-        wT = w.reshape(G, Kg, -1).transpose(1, 2).contiguous()
+        wT = weight.reshape(G, Kg, -1).transpose(1, 2).contiguous()
         gw = x.new_empty((p.K, p.R * p.S) if Cg == 1 else (G, Cg * p.R * p.S, Kg)) if need_w else None
-        lib.conv_bwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(w), _native.ptr(wT), _native.ptr(gy),
+        lib.conv_bwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(wT), _native.ptr(gy),
                           _native.ptr(gx), _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, True)),
                           threads)
         if gw is not None and Cg > 1:
@@ -291,7 +290,7 @@ def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w:
         if _depthwise(p):
             gw = gw.t().reshape(p.K, 1, p.R, p.S)
         else:
-            gw = gw.reshape(p.K, p.R, p.S, p.C // p.groups).permute(0, 3, 1, 2)
+            gw = gw.reshape(p.K, p.R, p.S, Cg).permute(0, 3, 1, 2)
         gw = gw.contiguous()
     return (gx.permute(0, 3, 1, 2) if gx is not None else None), gw, gb
 

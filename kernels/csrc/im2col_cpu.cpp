@@ -44,7 +44,7 @@ struct Geom {
   // 1×1, stride 1, unpadded, ungrouped: the NHWC input already is the cols matrix
   // 1×1, stride 1, unpadded: each group's input planes already are its colsT (NCHW)
   bool pointwise_t() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && P == H && Q == W; }
-  bool pointwise() const { return R == 1 && S == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && P == H && Q == W && G == 1; }
+  bool pointwise() const { return pointwise_t() && G == 1; }
 };
 
 Geom geom(const int64_t* g) {
@@ -194,8 +194,8 @@ void walk_t(const Geom& g, float* img, float* cols, int64_t ld, int64_t c0, int6
 
 constexpr int64_t V = 16;  // floats per accumulator block (one AVX-512 register, two AVX2 ones)
 
-// acc[b][0..V) += Σ_i a[b·ba + i·sa + j] · w[b·bw + i·sw + j] for B independent blocks at once, in registers: B chains
-// of fused multiply-adds hide the FMA latency that a single accumulator would wait on.
+// acc[b][0..V) += Σ_i a[b·ba + i·sa + j] · w[b·bw + i·sw + j] for B independent blocks at once, in registers:
+// B chains of fused multiply-adds hide the FMA latency that a single accumulator would wait on.
 template <int B>
 inline void dot_blocks(float* acc, int64_t bacc, const float* a, int64_t ba, int64_t sa, const float* w, int64_t bw,
                        int64_t sw, int64_t n) {
@@ -220,9 +220,11 @@ void depthwise_fwd(const Geom& g, const float* cols, const float* wt, const floa
     if (bias) copy(out + i * K, bias, K); else zero(out + i * K, K);
   int64_t i = 0;
   for (; i + 4 <= mt; i += 4)
-    for (int64_t k0 = 0; k0 < full; k0 += V) dot_blocks<4>(out + i * K + k0, K, cols + i * row + k0, row, K, wt + k0, 0, K, RS);
+    for (int64_t k0 = 0; k0 < full; k0 += V)
+      dot_blocks<4>(out + i * K + k0, K, cols + i * row + k0, row, K, wt + k0, 0, K, RS);
   for (; i < mt; ++i)
-    for (int64_t k0 = 0; k0 < full; k0 += V) dot_blocks<1>(out + i * K + k0, K, cols + i * row + k0, row, K, wt + k0, 0, K, RS);
+    for (int64_t k0 = 0; k0 < full; k0 += V)
+      dot_blocks<1>(out + i * K + k0, K, cols + i * row + k0, row, K, wt + k0, 0, K, RS);
   for (int64_t k = full; k < K; ++k)
     for (int64_t i2 = 0; i2 < mt; ++i2)
       for (int64_t t = 0; t < RS; ++t) out[i2 * K + k] += cols[i2 * row + t * K + k] * wt[t * K + k];
@@ -233,7 +235,8 @@ void depthwise_wgrad(const Geom& g, const float* cols, const float* gy, float* g
   const int64_t K = g.K, RS = g.RS(), row = g.row(), full = K / V * V;
   for (int64_t t = 0; t < RS; ++t) {
     int64_t k0 = 0;
-    for (; k0 + 2 * V <= full; k0 += 2 * V) dot_blocks<2>(gw + t * K + k0, V, cols + t * K + k0, V, row, gy + k0, V, K, mt);
+    for (; k0 + 2 * V <= full; k0 += 2 * V)
+      dot_blocks<2>(gw + t * K + k0, V, cols + t * K + k0, V, row, gy + k0, V, K, mt);
     for (; k0 < full; k0 += V) dot_blocks<1>(gw + t * K + k0, V, cols + t * K + k0, V, row, gy + k0, V, K, mt);
     for (int64_t k = full; k < K; ++k)
       for (int64_t i = 0; i < mt; ++i) gw[t * K + k] += cols[i * row + t * K + k] * gy[i * K + k];
@@ -450,7 +453,8 @@ void conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const floa
       float* img = const_cast<float*>(x) + n * g.C * g.H * g.W;
       const float* b = cols;
       int64_t ldb = MT;
-      if (g.pointwise_t()) b = img + gi * Cg * PQ + m0, ldb = PQ; else walk_t<Build>(g, img, cols, MT, gi * Cg, Cg, m0, mt);
+      if (g.pointwise_t()) b = img + gi * Cg * PQ + m0, ldb = PQ;
+      else walk_t<Build>(g, img, cols, MT, gi * Cg, Cg, m0, mt);
       float* out = y + (n * g.K + gi * Kg) * PQ + m0;
       if (bias)
         for (int64_t j = 0; j < Kg; ++j) std::fill(out + j * PQ, out + j * PQ + mt, bias[gi * Kg + j]);
@@ -461,10 +465,10 @@ void conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const floa
   }
 }
 
-// NCHW backward. gy (N, K, P, Q); w as given (G, K/G, C/G·R·S) and wT (G, C/G·R·S, K/G). Outputs (each may be null):
-// gx (N, C, H, W), zeroed here; gw (G, C/G·R·S, K/G) — (K, R·S) for C/G == 1; gb (K). One thread per
+// NCHW backward. gy (N, K, P, Q); wT is the weight transposed per group, (G, C/G·R·S, K/G). Outputs (each may be
+// null): gx (N, C, H, W), zeroed here; gw (G, C/G·R·S, K/G) — (K, R·S) for C/G == 1; gb (K). One thread per
 // (image, group): its col2im touches only that image's group channels, so no two threads add to one pixel.
-void conv_bwd_nchw(const int64_t* gp, const float* x, const float* w, const float* wT, const float* gy, float* gx,
+void conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const float* gy, float* gx,
                    float* gw, float* gb, int64_t MT, int threads) {
   const Geom g = geom(gp);
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS();
@@ -502,7 +506,8 @@ void conv_bwd_nchw(const int64_t* gp, const float* x, const float* w, const floa
         if (gw) {  // grad_W_gᵀ += colsT · grad_yᵀ
           const float* a = cols;
           int64_t lda = MT;
-          if (g.pointwise_t()) a = img + gi * Cg * PQ + m0, lda = PQ; else walk_t<Build>(g, img, cols, MT, gi * Cg, Cg, m0, mt);
+          if (g.pointwise_t()) a = img + gi * Cg * PQ + m0, lda = PQ;
+          else walk_t<Build>(g, img, cols, MT, gi * Cg, Cg, m0, mt);
           if (Cg == 1) {  // gw[k, t] += Σ_m colsT[t, m] · grad_y[k, m]
             for (int64_t j = 0; j < Kg; ++j)
               for (int64_t t = 0; t < CRS; ++t) pw[(gi * Kg + j) * CRS + t] += dot(a + t * lda, dy + j * PQ, mt);
