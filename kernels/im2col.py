@@ -7,7 +7,9 @@ matrix is built one L2-sized tile of output pixels at a time and handed straight
 (oneDNN's ukernel), so cols never reaches DRAM. Two layouts, picked per problem (``_native_layout``):
   NHWC  cols[m, (r, s, c)] (R·S runs of C channels per pixel)   y (pixels × K) = cols @ Wᵀ        — one GEMM/group
   NCHW  colsT[(c, r, s), m] (one run per output row)             y[n, group] (K/G × pixels) = W_g @ colsT
-Depthwise convs use a vectorised R·S-tap reduction as their GEMM; 1×1 stride-1 convs use the input as cols.
+Depthwise convs never build cols: each cols entry feeds exactly one R·S-tap product, so the products read the
+strided view of the input in place (vectors along channels in NHWC, along output columns in NCHW); 1×1 stride-1
+convs use the input as cols the same way.
 Backward, per tile: grad_cols = grad_y @ W then col2im (adds back onto the input pixels it came from), and
 grad_W += grad_yᵀ @ cols with cols rebuilt in cache; the bias gradient is summed in the same pass.
 Memory traffic per tile: the input halo once, cols written and read once in cache, the output once.
@@ -238,9 +240,12 @@ def _nchw(x: torch.Tensor) -> bool:
 def _native_layout(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
     """x in the memory format the native path computes in: channels_last input stays NHWC; NCHW input stays NCHW
     for grouped (not depthwise) and 1×1 convs, whose NCHW cols rows are long and whose per-group GEMMs are wide
-    there, and is converted to NHWC otherwise (measured faster: R·S runs of C channels per pixel instead of one run
+    there, and for stride-1 depthwise convs without a channel multiplier, whose products read each plane's rows in
+    place; it is converted to NHWC otherwise (measured faster: R·S runs of C channels per pixel instead of one run
     per output row and (c, r, s))."""
-    if _nchw(x) and ((p.groups > 1 and not _depthwise(p)) or _pointwise(p)):
+    stays = ((p.groups > 1 and not _depthwise(p)) or _pointwise(p)
+             or (_depthwise(p) and p.K == p.C and p.stride == (1, 1)))
+    if _nchw(x) and stays:
         return x.contiguous()
     return x.contiguous(memory_format=torch.channels_last)
 

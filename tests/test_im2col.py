@@ -8,6 +8,7 @@ gradient partials, parallel col2im), and the fallback is checked with the native
 
 from __future__ import annotations
 
+import platform
 import shutil
 
 import pytest
@@ -29,6 +30,13 @@ SHAPES = [
          bias=False),
     Case("depthwise-vector-tail", (2, 20, 8, 9), dict(groups=20, padding=1), weight=(20, 1, 3, 3)),
     Case("depthwise-multiplier", (2, 4, 8, 8), dict(groups=4, padding=2, dilation=2), weight=(12, 1, 3, 3)),
+    # depthwise: NCHW rows longer than two vectors with a tail, dilation, asymmetric 'same' padding of an even kernel,
+    # padding wider than the kernel (the flipped-kernel input gradient then crops), strided (scatter), 1×1
+    Case("depthwise-wide-dilated", (2, 6, 9, 37), dict(groups=6, padding=(2, 3), dilation=(1, 2)), weight=(6, 1, 3, 3)),
+    Case("depthwise-same-even", (2, 5, 6, 7), dict(groups=5, padding="same"), weight=(5, 1, 2, 4)),
+    Case("depthwise-wide-padding", (1, 3, 5, 6), dict(groups=3, padding=3), weight=(3, 1, 3, 3), bias=False),
+    Case("depthwise-strided", (2, 20, 9, 11), dict(groups=20, stride=(2, 1), padding=1), weight=(20, 1, 3, 3)),
+    Case("depthwise-1x1", (2, 4, 5, 5), dict(groups=4), weight=(4, 1, 1, 1)),
     Case("pointwise", (2, 8, 6, 7), {}, weight=(6, 8, 1, 1)),
     Case("pointwise-grouped", (2, 8, 6, 7), dict(groups=2), weight=(6, 4, 1, 1)),
     Case("pointwise-strided", (2, 8, 7, 7), dict(stride=2), weight=(6, 8, 1, 1)),
@@ -64,12 +72,31 @@ def test_native_paths_agree_with_the_oracle(case, layout, threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the portable build targets x86-64")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [c for c in SHAPES if c.kwargs.get("groups") == c.input[1]] + [SHAPES[0]],
+                         ids=lambda c: c.id)
+def test_portable_build_agrees_with_the_oracle(case, layout, monkeypatch):
+    """The code a machine without AVX-512 runs (plain vector loops instead of masked loads), built for x86-64-v2."""
+    lib = _native.load("im2col_cpu", arch="x86-64-v2")
+    if lib is None:
+        pytest.skip(f"portable build unavailable: {_native.reason('im2col_cpu', arch='x86-64-v2')}")
+    monkeypatch.setattr(im2col_module, "_native_lib", lambda x: lib)
+    tensors = {k: leaf(v, "cpu", torch.float32, layout if k == "input" else "nchw")
+               for k, v in make_tensors("conv2d", case).items()}
+    check_against_oracle(IM2COL.conv2d, ORACLE["conv2d"], tensors, case.kwargs, "float32")
+
+
 def test_native_output_keeps_a_layout_cudnn_would():
-    """Grouped and 1×1 NCHW convs stay NCHW; the others compute (and return) channels_last, as documented."""
+    """Grouped, 1×1 and stride-1 depthwise NCHW convs stay NCHW; the others compute (and return) channels_last, as
+    documented."""
     _native_or_skip()
     x = torch.randn(2, 8, 9, 9)
     assert IM2COL.conv2d(x, torch.randn(8, 2, 3, 3), groups=4).is_contiguous()
     assert IM2COL.conv2d(x, torch.randn(6, 8, 1, 1)).is_contiguous()
+    assert IM2COL.conv2d(x, torch.randn(8, 1, 3, 3), groups=8).is_contiguous()
+    strided = IM2COL.conv2d(x, torch.randn(8, 1, 3, 3), groups=8, stride=2)
+    assert strided.is_contiguous(memory_format=torch.channels_last)
     out = IM2COL.conv2d(x, torch.randn(6, 8, 3, 3))
     assert out.is_contiguous(memory_format=torch.channels_last)
 

@@ -192,56 +192,7 @@ void walk_t(const Geom& g, float* img, float* cols, int64_t ld, int64_t c0, int6
   }
 }
 
-constexpr int64_t V = 16;  // floats per accumulator block (one AVX-512 register, two AVX2 ones)
-
-// acc[b][0..V) += Σ_i a[b·ba + i·sa + j] · w[b·bw + i·sw + j] for B independent blocks at once, in registers:
-// B chains of fused multiply-adds hide the FMA latency that a single accumulator would wait on.
-template <int B>
-inline void dot_blocks(float* acc, int64_t bacc, const float* a, int64_t ba, int64_t sa, const float* w, int64_t bw,
-                       int64_t sw, int64_t n) {
-  float r[B][V];
-  for (int b = 0; b < B; ++b)
-    for (int64_t j = 0; j < V; ++j) r[b][j] = acc[b * bacc + j];
-  for (int64_t i = 0; i < n; ++i)
-    for (int b = 0; b < B; ++b) {
-      const float* x = a + b * ba + i * sa;
-      const float* y = w + b * bw + i * sw;
-#pragma omp simd
-      for (int64_t j = 0; j < V; ++j) r[b][j] += x[j] * y[j];
-    }
-  for (int b = 0; b < B; ++b)
-    for (int64_t j = 0; j < V; ++j) acc[b * bacc + j] = r[b][j];
-}
-
-// Depthwise "GEMM", Kg == 1: out[i, k] = bias[k] + Σ_t cols[i, t, k] · wt[t, k], four pixels at a time.
-void depthwise_fwd(const Geom& g, const float* cols, const float* wt, const float* bias, float* out, int64_t mt) {
-  const int64_t K = g.K, RS = g.RS(), row = g.row(), full = K / V * V;
-  for (int64_t i = 0; i < mt; ++i)
-    if (bias) copy(out + i * K, bias, K); else zero(out + i * K, K);
-  int64_t i = 0;
-  for (; i + 4 <= mt; i += 4)
-    for (int64_t k0 = 0; k0 < full; k0 += V)
-      dot_blocks<4>(out + i * K + k0, K, cols + i * row + k0, row, K, wt + k0, 0, K, RS);
-  for (; i < mt; ++i)
-    for (int64_t k0 = 0; k0 < full; k0 += V)
-      dot_blocks<1>(out + i * K + k0, K, cols + i * row + k0, row, K, wt + k0, 0, K, RS);
-  for (int64_t k = full; k < K; ++k)
-    for (int64_t i2 = 0; i2 < mt; ++i2)
-      for (int64_t t = 0; t < RS; ++t) out[i2 * K + k] += cols[i2 * row + t * K + k] * wt[t * K + k];
-}
-
-// Depthwise weight gradient, Kg == 1: gw[t, k] += Σ_i cols[i, t, k] · gy[i, k].
-void depthwise_wgrad(const Geom& g, const float* cols, const float* gy, float* gw, int64_t mt) {
-  const int64_t K = g.K, RS = g.RS(), row = g.row(), full = K / V * V;
-  for (int64_t t = 0; t < RS; ++t) {
-    int64_t k0 = 0;
-    for (; k0 + 2 * V <= full; k0 += 2 * V)
-      dot_blocks<2>(gw + t * K + k0, V, cols + t * K + k0, V, row, gy + k0, V, K, mt);
-    for (; k0 < full; k0 += V) dot_blocks<1>(gw + t * K + k0, V, cols + t * K + k0, V, row, gy + k0, V, K, mt);
-    for (int64_t k = full; k < K; ++k)
-      for (int64_t i = 0; i < mt; ++i) gw[t * K + k] += cols[i * row + t * K + k] * gy[i * K + k];
-  }
-}
+constexpr int64_t V = 16;  // floats per vector block (one AVX-512 register, two AVX2 ones)
 
 // Thread-local tile buffers, kept between calls so no call pays page faults for fresh memory; 64-byte aligned so
 // vector stores into cols never straddle cache lines.
@@ -321,6 +272,338 @@ void sum_partials(const std::vector<float>& partial, int nt, int64_t wsize, int6
   }
 }
 
+// ---- depthwise convs (C == G == K): the cols are a view of the input, never copied -------------------------------
+// Each channel's GEMM is one R·S-long dot product per pixel, cols[m, (r, s)] = x[n, c, p·sh − pt + r·dh,
+// q·sw − pl + s·dw], and every cols entry is read by exactly one product: building cols would add a write and a read
+// of R·S× the input for nothing. So the products read that strided view of the input in place (the zero-copy im2col
+// of a 1×1 conv, generalised): per output pixel R·S loads and fused multiply-adds, input and output touched once.
+// Vectors run along the contiguous dimension: channels in NHWC (taps in the padding are skipped: they add zero),
+// output columns in NCHW (stride-1 rows, read from a zero-padded copy of the plane, ≤ 4 KiB for a 28×28 plane).
+// The input gradient of a stride-1 conv is the forward conv of grad_y with the kernel flipped and padding
+// (R−1)·dh − pt (a "full" conv): the same kernel, no col2im. Strided NHWC convs scatter-add instead.
+typedef float vf __attribute__((vector_size(4 * V)));
+template <class T> inline T ld(const float* p) { T v; std::memcpy(&v, p, sizeof v); return v; }
+template <class T> inline void st(float* p, T v) { std::memcpy(p, &v, sizeof v); }
+// the first n < V floats at p, the other lanes zero
+inline vf part(const float* p, int64_t n) {
+#ifdef __AVX512F__
+  return (vf)_mm512_maskz_loadu_ps(tail(n), p);
+#else
+  vf v{};
+  for (int64_t j = 0; j < n; ++j) v[j] = p[j];
+  return v;
+#endif
+}
+inline float hsum(vf v) {
+  float s = 0.f;
+  for (int64_t j = 0; j < V; ++j) s += v[j];
+  return s;
+}
+
+// Output pixels [qa, qb) of one row whose tap s reads an input column inside the image: 0 ≤ q·sw − pl + s·dw < W.
+inline void taps_inside(const Geom& g, int64_t s, int64_t& qa, int64_t& qb) {
+  const int64_t lo = g.pl - s * g.dw, hi = g.W - 1 + g.pl - s * g.dw;
+  qa = lo <= 0 ? 0 : std::min(g.Q, (lo + g.sw - 1) / g.sw);
+  qb = hi < 0 ? 0 : std::min(g.Q, hi / g.sw + 1);
+}
+
+// rows[r] = input row ih = p·sh − pt + r·dh of image `img` (H, W, C), or null in the padding
+template <class F>
+inline void tap_rows(const Geom& g, F* img, int64_t p, F** rows) {
+  for (int64_t r = 0; r < g.R; ++r) {
+    const int64_t ih = p * g.sh - g.pt + r * g.dh;
+    rows[r] = ih >= 0 && ih < g.H ? img + ih * g.W * g.C : nullptr;
+  }
+}
+
+// One NHWC output row, channels [c, c + lanes of T): out[q, c] = b[c] + Σ_{r,s} x[ih_r, q·sw − pl + s·dw, c] ·
+// w[r, s, c] over the taps inside the image; four pixels at a time where all S taps are inside, else one by one.
+template <class T>
+void dw_row(const Geom& g, const float* const* rows, const float* w, const float* bias, float* out, int64_t c) {
+  const int64_t C = g.C, S = g.S, step = g.sw * C;
+  const T b = bias ? ld<T>(bias + c) : T{};
+  int64_t qlo, qhi, unused;
+  taps_inside(g, 0, qlo, unused);
+  taps_inside(g, S - 1, unused, qhi);
+  auto edge = [&](int64_t q) {
+    T a = b;
+    for (int64_t r = 0; r < g.R; ++r)
+      for (int64_t s = 0; s < S && rows[r]; ++s) {
+        const int64_t iw = q * g.sw - g.pl + s * g.dw;
+        if (iw >= 0 && iw < g.W) a += ld<T>(rows[r] + iw * C + c) * ld<T>(w + (r * S + s) * C + c);
+      }
+    st(out + q * C + c, a);
+  };
+  int64_t q = 0;
+  for (; q < std::min(qlo, g.Q); ++q) edge(q);
+  for (; q + 4 <= qhi; q += 4) {
+    T a0 = b, a1 = b, a2 = b, a3 = b;
+    for (int64_t r = 0; r < g.R; ++r) {
+      if (!rows[r]) continue;
+      const float* xr = rows[r] + (q * g.sw - g.pl) * C + c;
+      for (int64_t s = 0; s < S; ++s) {
+        const T wv = ld<T>(w + (r * S + s) * C + c);
+        const float* xs = xr + s * g.dw * C;
+        a0 += ld<T>(xs) * wv;
+        a1 += ld<T>(xs + step) * wv;
+        a2 += ld<T>(xs + 2 * step) * wv;
+        a3 += ld<T>(xs + 3 * step) * wv;
+      }
+    }
+    st(out + q * C + c, a0);
+    st(out + (q + 1) * C + c, a1);
+    st(out + (q + 2) * C + c, a2);
+    st(out + (q + 3) * C + c, a3);
+  }
+  for (; q < g.Q; ++q) edge(q);
+}
+
+// Depthwise forward, NHWC: y (N, P, Q, C) from x (N, H, W, C) and w (R·S, C); one job per output row.
+void dw_fwd_nhwc(const Geom& g, const float* x, const float* w, const float* bias, float* y, int threads) {
+  const int64_t full = g.C / V * V;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<const float*> rows(g.R);
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < g.N * g.P; ++job) {
+      const int64_t n = job / g.P, p = job % g.P;
+      tap_rows(g, x + n * g.H * g.W * g.C, p, rows.data());
+      float* out = y + job * g.Q * g.C;
+      int64_t c = 0;
+      for (; c < full; c += V) dw_row<vf>(g, rows.data(), w, bias, out, c);
+      for (; c < g.C; ++c) dw_row<float>(g, rows.data(), w, bias, out, c);
+    }
+  }
+}
+
+// The stride-1 input gradient as a forward conv: grad_y is its input (P × Q), grad_x its output (H × W).
+Geom transposed(const Geom& g) {
+  return Geom{g.N, g.C, g.P, g.Q, g.K, g.R, g.S, g.H, g.W, 1, 1, (g.R - 1) * g.dh - g.pt, (g.S - 1) * g.dw - g.pl,
+              g.dh, g.dw, g.G};
+}
+
+// the weight with its taps reversed: w (taps × ld), per channel tap t ↦ R·S − 1 − t, i.e. (r, s) ↦ (R−1−r, S−1−s)
+std::vector<float> flipped(const float* w, int64_t taps, int64_t ld, bool tap_major) {
+  std::vector<float> f(taps * ld);
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < ld; ++c)
+      if (tap_major) f[t * ld + c] = w[(taps - 1 - t) * ld + c]; else f[c * taps + t] = w[c * taps + taps - 1 - t];
+  return f;
+}
+
+// Weight (and bias) gradient of one NHWC output row, channels [c, c + lanes of T):
+// gw[r, s, c] += Σ_q x[ih_r, q·sw − pl + s·dw, c] · gy[q, c] over the pixels whose tap is inside; gb[c] += Σ_q gy.
+template <class T>
+void dw_wgrad_row(const Geom& g, const float* const* rows, const float* gy, float* gw, float* gb, int64_t c) {
+  const int64_t C = g.C, step = g.sw * C;
+  for (int64_t r = 0; r < g.R && gw; ++r)
+    for (int64_t s = 0; s < g.S && rows[r]; ++s) {
+      int64_t q, qb;
+      taps_inside(g, s, q, qb);
+      const float* xs = rows[r] + (q * g.sw - g.pl + s * g.dw) * C + c;
+      const float* dy = gy + q * C + c;
+      T a0{}, a1{}, a2{}, a3{};
+      for (; q + 4 <= qb; q += 4, xs += 4 * step, dy += 4 * C) {
+        a0 += ld<T>(xs) * ld<T>(dy);
+        a1 += ld<T>(xs + step) * ld<T>(dy + C);
+        a2 += ld<T>(xs + 2 * step) * ld<T>(dy + 2 * C);
+        a3 += ld<T>(xs + 3 * step) * ld<T>(dy + 3 * C);
+      }
+      for (; q < qb; ++q, xs += step, dy += C) a0 += ld<T>(xs) * ld<T>(dy);
+      float* d = gw + (r * g.S + s) * C + c;
+      st(d, ld<T>(d) + ((a0 + a1) + (a2 + a3)));
+    }
+  if (gb) {
+    T a{};
+    for (int64_t q = 0; q < g.Q; ++q) a += ld<T>(gy + q * C + c);
+    st(gb + c, ld<T>(gb + c) + a);
+  }
+}
+
+// col2im of one NHWC output row for strided convs: gx[ih_r, q·sw − pl + s·dw, c] += gy[q, c] · w[r, s, c]
+template <class T>
+void dw_scatter_row(const Geom& g, float* const* rows, const float* gy, const float* w, int64_t c) {
+  const int64_t C = g.C;
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S && rows[r]; ++s) {
+      int64_t qa, qb;
+      taps_inside(g, s, qa, qb);
+      const T wv = ld<T>(w + (r * g.S + s) * C + c);
+      for (int64_t q = qa; q < qb; ++q) {
+        float* d = rows[r] + (q * g.sw - g.pl + s * g.dw) * C + c;
+        st(d, ld<T>(d) + ld<T>(gy + q * C + c) * wv);
+      }
+    }
+}
+
+// Depthwise backward, NHWC (w, gw: (R·S, C)). grad_x: the flipped-kernel forward for stride 1, else a scatter with
+// one thread per image; grad_W and grad_b: one job per output row, per-thread partials.
+void dw_bwd_nhwc(const Geom& g, const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
+                 int threads) {
+  const int64_t C = g.C, HWC = g.H * g.W * C, full = C / V * V, wsize = g.RS() * C;
+  if (gx && g.sh == 1 && g.sw == 1) {
+    const std::vector<float> wf = flipped(w, g.RS(), C, true);
+    dw_fwd_nhwc(transposed(g), gy, wf.data(), nullptr, gx, threads);
+  } else if (gx) {
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<float*> rows(g.R);
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < g.N; ++n) {
+        zero(gx + n * HWC, HWC);
+        for (int64_t p = 0; p < g.P; ++p) {
+          tap_rows(g, gx + n * HWC, p, rows.data());
+          const float* dy = gy + (n * g.P + p) * g.Q * C;
+          int64_t c = 0;
+          for (; c < full; c += V) dw_scatter_row<vf>(g, rows.data(), dy, w, c);
+          for (; c < C; ++c) dw_scatter_row<float>(g, rows.data(), dy, w, c);
+        }
+      }
+    }
+  }
+  if (!gw && !gb) return;
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N * g.P));
+  std::vector<float> partial((size_t)nt * (wsize + C), 0.f);
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<const float*> rows(g.R);
+    float* pw = partial.data() + (size_t)omp_get_thread_num() * (wsize + C);
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < g.N * g.P; ++job) {
+      tap_rows(g, x + job / g.P * HWC, job % g.P, rows.data());
+      const float* dy = gy + job * g.Q * C;
+      int64_t c = 0;
+      for (; c < full; c += V) dw_wgrad_row<vf>(g, rows.data(), dy, gw ? pw : nullptr, gb ? pw + wsize : nullptr, c);
+      for (; c < C; ++c) dw_wgrad_row<float>(g, rows.data(), dy, gw ? pw : nullptr, gb ? pw + wsize : nullptr, c);
+    }
+  }
+  sum_partials(partial, nt, wsize, C, gw, gb);
+}
+
+// One plane (H × W) into its zero-padded copy buf (Hb × Wb): buf[i, j] = plane[i − pt, j − pl]. Only the part
+// inside the plane is written: the caller zeroes buf once and every plane leaves the border as it found it.
+void pad_plane(const float* plane, int64_t H, int64_t W, int64_t pt, int64_t pl, float* buf, int64_t Hb, int64_t Wb) {
+  const int64_t a = std::clamp<int64_t>(pl, 0, Wb), b = std::clamp<int64_t>(pl + W, a, Wb);
+  for (int64_t i = std::max<int64_t>(0, pt); i < std::min(Hb, pt + H); ++i)
+    copy(buf + i * Wb + a, plane + (i - pt) * W + a - pl, b - a);
+}
+
+// NCHW planes for stride-1 rows: output columns padded to whole vectors (Qv); the zero-padded input copy
+// (Hb × Wb) holds every tap of every padded output column.
+struct Planes {
+  int64_t Qv, Hb, Wb;
+  explicit Planes(const Geom& g)
+      : Qv((g.Q + V - 1) / V * V), Hb((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1), Wb(Qv + (g.S - 1) * g.dw) {}
+  float* buffer(int which) const {  // this thread's padded plane, border zeroed
+    float* xb = scratch(which, Hb * Wb);
+    zero(xb, Hb * Wb);
+    return xb;
+  }
+};
+
+// out[i·Qv + j·V + lane] = b + Σ_{r,s} xb[(i·sh + r·dh)·Wb + s·dw + j·V + lane] · w[r, s] for RB output rows and
+// B vectors of each: RB·B independent chains of fused multiply-adds hide their latency.
+template <int RB, int B>
+inline void dw_plane_block(const Geom& g, const float* xb, int64_t Wb, const float* w, float b, float* out,
+                           int64_t Qv) {
+  vf a[RB][B];
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < B; ++j) a[i][j] = vf{} + b;
+  for (int64_t r = 0; r < g.R; ++r)
+    for (int64_t s = 0; s < g.S; ++s) {
+      const float wv = w[r * g.S + s], *xs = xb + r * g.dh * Wb + s * g.dw;
+      for (int i = 0; i < RB; ++i)
+        for (int j = 0; j < B; ++j) a[i][j] += ld<vf>(xs + i * g.sh * Wb + j * V) * wv;
+    }
+  for (int i = 0; i < RB; ++i)
+    for (int j = 0; j < B; ++j) st(out + i * Qv + j * V, a[i][j]);
+}
+
+// RB output rows of one plane into out (RB × Qv), two vectors at a time
+template <int RB>
+inline void dw_plane_rows(const Geom& g, const Planes& pl, const float* xb, const float* w, float b, float* out) {
+  int64_t q = 0;
+  for (; q + 2 * V <= pl.Qv; q += 2 * V) dw_plane_block<RB, 2>(g, xb + q, pl.Wb, w, b, out + q, pl.Qv);
+  if (q < pl.Qv) dw_plane_block<RB, 1>(g, xb + q, pl.Wb, w, b, out + q, pl.Qv);
+}
+
+// Depthwise forward, NCHW, sw == 1: y (N, C, P, Q) from x (N, C, H, W) and w (C, R·S); one job per plane, four
+// output rows at a time.
+void dw_fwd_nchw(const Geom& g, const float* x, const float* w, const float* bias, float* y, int threads) {
+  const Planes pl(g);
+  const int64_t RS = g.RS();
+#pragma omp parallel num_threads(threads)
+  {
+    float* xb = pl.buffer(0);
+    float* rows = scratch(1, 4 * pl.Qv);
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < g.N * g.C; ++job) {
+      const int64_t c = job % g.C;
+      pad_plane(x + job * g.H * g.W, g.H, g.W, g.pt, g.pl, xb, pl.Hb, pl.Wb);
+      const float b = bias ? bias[c] : 0.f;
+      for (int64_t p = 0; p < g.P; p += 4) {
+        const int64_t n = std::min<int64_t>(4, g.P - p);
+        const float* xr = xb + p * g.sh * pl.Wb;
+        if (n == 4) dw_plane_rows<4>(g, pl, xr, w + c * RS, b, rows);
+        else
+          for (int64_t i = 0; i < n; ++i)
+            dw_plane_rows<1>(g, pl, xr + i * g.sh * pl.Wb, w + c * RS, b, rows + i * pl.Qv);
+        for (int64_t i = 0; i < n; ++i) copy(y + (job * g.P + p + i) * g.Q, rows + i * pl.Qv, g.Q);
+      }
+    }
+  }
+}
+
+// Depthwise backward, NCHW, stride 1 (wT, gw: (C, R·S)). grad_x: the flipped-kernel forward; grad_W per plane:
+// gw[c, r, s] += Σ_{p,q} xb[p + r·dh, q + s·dw] · gy[p, q], vectors along q, four rows in flight.
+void dw_bwd_nchw(const Geom& g, const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
+                 int threads) {
+  const int64_t RS = g.RS(), PQ = g.P * g.Q, wsize = g.C * RS;
+  if (gx) {
+    const std::vector<float> wf = flipped(w, RS, g.C, false);
+    dw_fwd_nchw(transposed(g), gy, wf.data(), nullptr, gx, threads);
+  }
+  if (!gw && !gb) return;
+  const Planes pl(g);
+  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N * g.C));
+  std::vector<float> partial((size_t)nt * (wsize + g.C), 0.f);
+#pragma omp parallel num_threads(nt)
+  {
+    float* xb = pl.buffer(0);
+    float* pw = partial.data() + (size_t)omp_get_thread_num() * (wsize + g.C);
+#pragma omp for schedule(static)
+    for (int64_t job = 0; job < g.N * g.C; ++job) {
+      const int64_t c = job % g.C;
+      const float* dy = gy + job * PQ;
+      if (gb) pw[wsize + c] += sum(dy, PQ);
+      if (!gw) continue;
+      pad_plane(x + job * g.H * g.W, g.H, g.W, g.pt, g.pl, xb, pl.Hb, pl.Wb);
+      for (int64_t t = 0; t < RS; ++t) {
+        const float* xt = xb + t / g.S * g.dh * pl.Wb + t % g.S * g.dw;
+        auto row = [&](int64_t p) {  // Σ_q of one row; lanes past Q read neither operand
+          const float *xr = xt + p * g.sh * pl.Wb, *yr = dy + p * g.Q;
+          vf s{};
+          int64_t q = 0;
+          for (; q + V <= g.Q; q += V) s += ld<vf>(xr + q) * ld<vf>(yr + q);
+          if (q < g.Q) s += part(xr + q, g.Q - q) * part(yr + q, g.Q - q);
+          return s;
+        };
+        vf a0{}, a1{}, a2{}, a3{};
+        int64_t p = 0;
+        for (; p + 4 <= g.P; p += 4) {
+          a0 += row(p);
+          a1 += row(p + 1);
+          a2 += row(p + 2);
+          a3 += row(p + 3);
+        }
+        for (; p < g.P; ++p) a0 += row(p);
+        pw[c * RS + t] += hsum((a0 + a1) + (a2 + a3));
+      }
+    }
+  }
+  sum_partials(partial, nt, wsize, g.C, gw, gb);
+}
+
 }  // namespace
 
 extern "C" {
@@ -329,6 +612,7 @@ extern "C" {
 void conv_fwd(const int64_t* gp, const float* x, const float* wt, const float* bias, float* y, int64_t MT,
               int threads) {
   const Geom g = geom(gp);
+  if (g.depthwise() && g.Kg() == 1) return dw_fwd_nhwc(g, x, wt, bias, y, threads);
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), row = g.row(), RS = g.RS(), Cg = g.Cg(), Kg = g.Kg();
 #pragma omp parallel num_threads(threads)
   {
@@ -339,10 +623,6 @@ void conv_fwd(const int64_t* gp, const float* x, const float* wt, const float* b
       float* out = y + (n * PQ + m0) * g.K;
       const float* a = cols;
       if (g.pointwise()) a = x + (n * PQ + m0) * g.C; else build_cols(g, x, n, m0, mt, cols);
-      if (g.depthwise() && Kg == 1) {
-        depthwise_fwd(g, cols, wt, bias, out, mt);
-        continue;
-      }
       if (g.depthwise()) {  // channel multiplier Kg > 1: out[m, c·Kg + j] = Σ_t cols[m, t, c] · wt[t, c·Kg + j]
         for (int64_t i = 0; i < mt; ++i) {
           float* o = out + i * g.K;
@@ -366,6 +646,7 @@ void conv_fwd(const int64_t* gp, const float* x, const float* wt, const float* b
 void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
               int64_t MT, int threads) {
   const Geom g = geom(gp);
+  if (g.depthwise() && g.Kg() == 1) return dw_bwd_nhwc(g, x, w, gy, gx, gw, gb, threads);
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), row = g.row(), RS = g.RS(), Cg = g.Cg(), Kg = g.Kg();
   const int64_t wsize = g.K * RS * Cg;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N));
@@ -386,23 +667,14 @@ void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy
         if (gb)
           for (int64_t i = 0; i < mt; ++i) add(pb, dy + i * g.K, g.K);
         if (gx) {  // grad_cols = grad_y @ Wᵀ, then col2im
-          if (g.depthwise()) {
+          if (g.depthwise()) {  // multiplier Kg > 1: grad_cols[m, t, c] = Σ_j grad_y[m, c·Kg + j] · w[t, c·Kg + j]
             for (int64_t i = 0; i < mt; ++i)
-              for (int64_t t = 0; t < RS; ++t) {
-                float* d = gcols + i * row + t * g.C;
-                const float* wr = w + t * g.K;
-                const float* yi = dy + i * g.K;
-                if (Kg == 1) {
-#pragma omp simd
-                  for (int64_t c = 0; c < g.C; ++c) d[c] = yi[c] * wr[c];
-                } else {
-                  for (int64_t c = 0; c < g.C; ++c) {
-                    float a = 0.f;
-                    for (int64_t j = 0; j < Kg; ++j) a += yi[c * Kg + j] * wr[c * Kg + j];
-                    d[c] = a;
-                  }
+              for (int64_t t = 0; t < RS; ++t)
+                for (int64_t c = 0; c < g.C; ++c) {
+                  float a = 0.f;
+                  for (int64_t j = 0; j < Kg; ++j) a += dy[i * g.K + c * Kg + j] * w[t * g.K + c * Kg + j];
+                  gcols[i * row + t * g.C + c] = a;
                 }
-              }
           } else if (g.pointwise()) {  // grad_cols is the input gradient itself
             gemm(mt, g.C, g.K, dy, g.K, w, g.C, gx + (n * PQ + m0) * g.C, g.C, false);
           } else {
@@ -415,9 +687,7 @@ void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy
         if (gw) {  // grad_W += grad_yᵀ @ cols
           const float* b = cols;
           if (g.pointwise()) b = x + (n * PQ + m0) * g.C; else build_cols(g, x, n, m0, mt, cols);
-          if (g.depthwise() && Kg == 1) {
-            depthwise_wgrad(g, cols, dy, pw, mt);
-          } else if (g.depthwise()) {  // gw[t, k] += Σ_m cols[m, t, k / Kg] · grad_y[m, k]
+          if (g.depthwise()) {  // gw[t, k] += Σ_m cols[m, t, k / Kg] · grad_y[m, k]
             for (int64_t i = 0; i < mt; ++i)
               for (int64_t t = 0; t < RS; ++t)
                 for (int64_t k = 0; k < g.K; ++k) pw[t * g.K + k] += cols[i * row + t * g.C + k / Kg] * dy[i * g.K + k];
@@ -443,6 +713,7 @@ void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy
 void conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const float* bias, float* y, int64_t MT,
                    int threads) {
   const Geom g = geom(gp);
+  if (g.depthwise() && g.Kg() == 1 && g.sw == 1) return dw_fwd_nchw(g, x, w, bias, y, threads);
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS();
 #pragma omp parallel num_threads(threads)
   {
@@ -471,6 +742,7 @@ void conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const floa
 void conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const float* gy, float* gx,
                    float* gw, float* gb, int64_t MT, int threads) {
   const Geom g = geom(gp);
+  if (g.depthwise() && g.Kg() == 1 && g.sh == 1 && g.sw == 1) return dw_bwd_nchw(g, x, wT, gy, gx, gw, gb, threads);
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS();
   const int64_t wsize = g.K * CRS;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N * g.G));
