@@ -7,6 +7,8 @@ matrix is built one L2-sized tile of output pixels at a time and handed straight
 (oneDNN's ukernel), so cols never reaches DRAM. Two layouts, picked per problem (``_native_layout``):
   NHWC  cols[m, (r, s, c)] (R·S runs of C channels per pixel)   y (pixels × K) = cols @ Wᵀ        — one GEMM/group
   NCHW  colsT[(c, r, s), m] (one run per output row)             y[n, group] (K/G × pixels) = W_g @ colsT
+        with stride 1 the output is computed on the padded grid (W + pl + pr columns per row, the extra (S−1)·dw
+        discarded), which makes each colsT row one contiguous run of a zero-padded copy of the input
 Depthwise convs never build cols: each cols entry feeds exactly one R·S-tap product, so the products read the
 strided view of the input in place (vectors along channels in NHWC, along output columns in NCHW); 1×1 stride-1
 convs use the input as cols the same way.
@@ -277,11 +279,11 @@ def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w:
         gy = grad.contiguous()
         gx = torch.empty_like(x) if need_x else None
         wT = weight.reshape(G, Kg, -1).transpose(1, 2).contiguous()
-        gw = x.new_empty((p.K, p.R * p.S) if Cg == 1 else (G, Cg * p.R * p.S, Kg)) if need_w else None
+        gw = x.new_empty((G, Cg * p.R * p.S, Kg)) if need_w else None
         lib.conv_bwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(wT), _native.ptr(gy),
                           _native.ptr(gx), _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, True)),
                           threads)
-        if gw is not None and Cg > 1:
+        if gw is not None:
             gw = gw.transpose(1, 2)
         return gx, (gw.reshape(weight.shape).contiguous() if gw is not None else None), gb
     xh = x.permute(0, 2, 3, 1)
