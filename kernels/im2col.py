@@ -239,6 +239,19 @@ def _nchw(x: torch.Tensor) -> bool:
     return not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 
 
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """t in channels_last memory; an NCHW float32 CPU tensor is transposed by the native library (register-blocked,
+    about 4× faster than torch's strided copy)."""
+    lib = _native_lib(t)
+    if lib is None or t.dim() != 4 or not t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    N, C, H, W = t.shape
+    out = torch.empty_like(t, memory_format=torch.channels_last)
+    lib.nchw_to_nhwc(_native.ptr(t), _native.ptr(out), ctypes.c_int64(N), ctypes.c_int64(C), ctypes.c_int64(H * W),
+                     ctypes.c_int(torch.get_num_threads()))
+    return out
+
+
 def _native_layout(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
     """x in the memory format the native path computes in: channels_last input stays NHWC; NCHW input stays NCHW
     for grouped (not depthwise) and 1×1 convs, whose NCHW cols rows are long and whose per-group GEMMs are wide
@@ -249,7 +262,7 @@ def _native_layout(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
              or (_depthwise(p) and p.K == p.C and p.stride == (1, 1)))
     if _nchw(x) and stays:
         return x.contiguous()
-    return x.contiguous(memory_format=torch.channels_last)
+    return _channels_last(x)
 
 
 def _native_forward(lib, x: torch.Tensor, weight, bias, p: ConvProblem) -> torch.Tensor:
@@ -287,7 +300,7 @@ def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w:
             gw = gw.transpose(1, 2)
         return gx, (gw.reshape(weight.shape).contiguous() if gw is not None else None), gb
     xh = x.permute(0, 2, 3, 1)
-    gy = grad.permute(0, 2, 3, 1).contiguous()  # free when grad is channels_last
+    gy = _channels_last(grad).permute(0, 2, 3, 1)  # free when grad is channels_last
     gx = x.new_empty((N, p.H, p.W, p.C)) if need_x else None
     w = _native_weight(weight, p, False)
     gw = torch.empty_like(w) if need_w else None

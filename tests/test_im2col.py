@@ -87,6 +87,16 @@ def test_portable_build_agrees_with_the_oracle(case, layout, monkeypatch):
     check_against_oracle(IM2COL.conv2d, ORACLE["conv2d"], tensors, case.kwargs, "float32")
 
 
+@pytest.mark.parametrize("shape", [(2, 32, 28, 28), (3, 20, 5, 7), (1, 17, 33, 1), (2, 1, 4, 4), (1, 48, 1, 1)])
+def test_native_channels_last_transpose_is_exact(shape):
+    """The native NCHW → NHWC transpose (16×16 register blocks, element-wise edges) moves every value unchanged."""
+    _native_or_skip()
+    x = torch.randn(shape)
+    out = im2col_module._channels_last(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, x)
+
+
 def test_native_output_keeps_a_layout_cudnn_would():
     """Grouped, 1×1 and stride-1 depthwise NCHW convs stay NCHW; the others compute (and return) channels_last, as
     documented."""

@@ -734,6 +734,53 @@ void bwd_grid(const Geom& g, const float* x, const float* wT, const float* gy, f
   sum_partials(partial, nt, wsize, g.K, gw, gb);
 }
 
+// ---- layout: NCHW → NHWC ---------------------------------------------------------------------------------------
+// y (M × L) = x (L × M)ᵀ for one image (x: C planes of H·W pixels; y: H·W pixels of C channels), in 16×16 blocks
+// transposed in registers (AVX-512: four rounds of 16 shuffles), so both sides move whole cache lines; the edges
+// (C or H·W not a multiple of 16) go element by element. torch's strided copy takes 4–6× a plain copy here.
+void transpose(const float* x, float* y, int64_t L, int64_t M) {
+  int64_t l0 = 0;
+#ifdef __AVX512F__
+  for (; l0 + 16 <= L; l0 += 16) {
+    int64_t m0 = 0;
+    for (; m0 + 16 <= M; m0 += 16) {
+      __m512 r[16], t[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(x + (l0 + i) * M + m0);
+      for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+      }
+      for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+      }
+      for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+      }
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(y + (m0 + i) * L + l0, r[i]);
+    }
+    for (; m0 < M; ++m0)
+      for (int64_t i = 0; i < 16; ++i) y[m0 * L + l0 + i] = x[(l0 + i) * M + m0];
+  }
+#endif
+  constexpr int64_t B = 16;
+  for (; l0 < L; l0 += B)
+    for (int64_t m0 = 0; m0 < M; m0 += B)
+      for (int64_t m = m0; m < std::min(M, m0 + B); ++m)
+        for (int64_t l = l0; l < std::min(L, l0 + B); ++l) y[m * L + l] = x[l * M + m];
+}
+
 }  // namespace
 
 extern "C" {
@@ -926,6 +973,12 @@ void conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const flo
     at::native::cpublas::brgemm_release(false);
   }
   sum_partials(partial, nt, wsize, g.K, gw, gb);
+}
+
+// y (N, H·W, C) = x (N, C, H·W) with the pixels and channels of each image transposed (NCHW → NHWC)
+void nchw_to_nhwc(const float* x, float* y, int64_t N, int64_t C, int64_t HW, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t n = 0; n < N; ++n) transpose(x + n * C * HW, y + n * C * HW, C, HW);
 }
 
 }  // extern "C"
