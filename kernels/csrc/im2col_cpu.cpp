@@ -294,8 +294,17 @@ inline vf part(const float* p, int64_t n) {
   return v;
 #endif
 }
+// the first n ≤ V floats at p, the other lanes zero (a masked load: as cheap as a whole one)
+inline vf upto(const float* p, int64_t n) {
+#ifdef __AVX512F__
+  return (vf)_mm512_maskz_loadu_ps((__mmask16)(n >= V ? 0xffff : (1u << n) - 1u), p);
+#else
+  return n == V ? ld<vf>(p) : part(p, n);
+#endif
+}
 inline float hsum(vf v) {
   float s = 0.f;
+#pragma GCC unroll 16
   for (int64_t j = 0; j < V; ++j) s += v[j];
   return s;
 }
@@ -376,11 +385,20 @@ void dw_fwd_nhwc(const Geom& g, const float* x, const float* w, const float* bia
   }
 }
 
-// The stride-1 input gradient as a forward conv: grad_y is its input (P × Q), grad_x its output (H × W).
+// The stride-1 input gradient as a forward conv ("full" conv with the kernel flipped): grad_y (K channels, P × Q)
+// is its input, grad_x (C channels, H × W) its output, padding (R−1)·dh − pt (negative crops).
 Geom transposed(const Geom& g) {
-  return Geom{g.N, g.C, g.P, g.Q, g.K, g.R, g.S, g.H, g.W, 1, 1, (g.R - 1) * g.dh - g.pt, (g.S - 1) * g.dw - g.pl,
+  return Geom{g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, 1, 1, (g.R - 1) * g.dh - g.pt, (g.S - 1) * g.dw - g.pl,
               g.dh, g.dw, g.G};
 }
+
+void pack(const Geom& g, int64_t* out) {
+  const int64_t v[16] = {g.N, g.C, g.H, g.W, g.K, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.G};
+  std::copy(v, v + 16, out);
+}
+
+// the tile (output pixels) of the transposed conv whose cols rows are R·S·K long instead of R·S·C
+int64_t transposed_tile(const Geom& g, int64_t MT) { return std::clamp<int64_t>(MT * g.C / g.K / 16 * 16, 16, 512); }
 
 // the weight with its taps reversed: w (taps × ld), per channel tap t ↦ R·S − 1 − t, i.e. (r, s) ↦ (R−1−r, S−1−s)
 std::vector<float> flipped(const float* w, int64_t taps, int64_t ld, bool tap_major) {
@@ -619,26 +637,12 @@ struct Grid {
   int64_t tiles(const Geom& g) const { return (g.P + RT - 1) / RT; }
 };
 
-// colsT (C/G·R·S × ld) of the grid points [j0, j0 + n) from the padded planes xp (Cg × plane); with `clean`, the
-// discarded columns are zeroed (the weight gradient sums over them, and 0·inf would be NaN).
-void grid_cols(const Geom& g, const Grid& gr, const float* xp, int64_t j0, int64_t n, float* cols, int64_t ld,
-               bool clean) {
-  const int64_t extra = gr.Wp - g.Q;
-  for (int64_t c = 0; c < g.Cg(); ++c)
-    for (int64_t r = 0; r < g.R; ++r)
-      for (int64_t s = 0; s < g.S; ++s) {
-        float* d = cols + ((c * g.R + r) * g.S + s) * ld;
-        copy(d, xp + c * gr.plane + j0 + r * g.dh * gr.Wp + s * g.dw, n);
-        for (int64_t j = g.Q; clean && extra && j < n; j += gr.Wp) zero(d + j, extra);
-      }
-}
-
-// col2im on the grid: gxp[c, j + r·dh·Wp + s·dw] += gcolsT[(c, r, s), j]
-void grid_col2im(const Geom& g, const Grid& gr, const float* gcols, int64_t ld, int64_t j0, int64_t n, float* gxp) {
+// colsT (C/G·R·S × ld) of the grid points [j0, j0 + n) from the padded planes xp (Cg × plane)
+void grid_cols(const Geom& g, const Grid& gr, const float* xp, int64_t j0, int64_t n, float* cols, int64_t ld) {
   for (int64_t c = 0; c < g.Cg(); ++c)
     for (int64_t r = 0; r < g.R; ++r)
       for (int64_t s = 0; s < g.S; ++s)
-        add(gxp + c * gr.plane + j0 + r * g.dh * gr.Wp + s * g.dw, gcols + ((c * g.R + r) * g.S + s) * ld, n);
+        copy(cols + ((c * g.R + r) * g.S + s) * ld, xp + c * gr.plane + j0 + r * g.dh * gr.Wp + s * g.dw, n);
 }
 
 // the group's Cg input planes of image n into the padded planes xp (border already zero)
@@ -664,7 +668,7 @@ void fwd_grid(const Geom& g, const float* x, const float* w, const float* bias, 
       pad_group(g, gr, x, n, gi, xp);
       for (int64_t p0 = 0; p0 < g.P; p0 += gr.RT) {
         const int64_t rows = std::min(gr.RT, g.P - p0), j0 = p0 * gr.Wp, mt = rows * gr.Wp;
-        grid_cols(g, gr, xp, j0, mt, cols, gr.mt, false);
+        grid_cols(g, gr, xp, j0, mt, cols, gr.mt);
         gemm(Kg, mt, CRS, w + gi * Kg * CRS, CRS, cols, gr.mt, out, gr.mt, false);
         for (int64_t k = 0; k < Kg; ++k) {
           float* yk = y + (n * g.K + gi * Kg + k) * PQ + p0 * g.Q;
@@ -681,55 +685,81 @@ void fwd_grid(const Geom& g, const float* x, const float* w, const float* bias, 
   }
 }
 
-// NCHW backward, stride 1: one job per (image, group) (its col2im touches only its own padded planes). Per tile
-// grad_y is laid out on the grid with zeros in the discarded columns (gyp, K/G × mt); then
-// grad_colsT = W_gᵀ · gyp and col2im into the padded input gradient, and grad_W_gᵀ += colsT · gypᵀ.
-void bwd_grid(const Geom& g, const float* x, const float* wT, const float* gy, float* gx, float* gw, float* gb,
-              int64_t MT, int threads) {
-  const Grid gr(g, MT);
+// NCHW weight gradient, stride 1: gw_gᵀ[t, k] = Σ_{p,q} colsT[t, (p, q)] · gy[k, p, q] for t = (c, r, s). colsT
+// row t is read in place from the padded planes (row p + r·dh, columns s·dw + q): a GEMM whose both operands run
+// along the pixels, done by this micro-kernel rather than brgemm, which would need one of them transposed and, for
+// the K/G ≤ 8 outputs of a grouped conv, runs a narrow N at a fraction of its speed. TB cols rows × KB output
+// channels of accumulators stay in registers (3 × 8 = 24 vectors) over all pixels of the image; per vector of
+// pixels TB + KB loads feed TB·KB fused multiply-adds. The last vector of a row is masked, so the discarded grid
+// columns are never read.
+template <int TB, int KB>
+void wgrad_block(const Geom& g, const Grid& gr, const float* xp, const float* dy, int64_t t0, float* out,
+                 int64_t ldo) {
+  const int64_t PQ = g.P * g.Q, RS = g.RS();
+  const float* a[TB];
+  for (int i = 0; i < TB; ++i) {
+    const int64_t t = t0 + i, c = t / RS, r = t % RS / g.S, s = t % g.S;
+    a[i] = xp + c * gr.plane + r * g.dh * gr.Wp + s * g.dw;
+  }
+  vf acc[TB][KB];  // every loop over it unrolled, so that it lives in registers
+#pragma GCC unroll 8
+  for (int i = 0; i < TB; ++i)
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k) acc[i][k] = vf{};
+  for (int64_t p = 0; p < g.P; ++p)
+    for (int64_t q = 0; q < g.Q; q += V) {  // one code path for whole and part vectors
+      const int64_t n = std::min(V, g.Q - q), ai = p * gr.Wp + q;
+      const float* b = dy + p * g.Q + q;
+      vf av[TB];
+#pragma GCC unroll 8
+      for (int i = 0; i < TB; ++i) av[i] = upto(a[i] + ai, n);
+#pragma GCC unroll 8
+      for (int k = 0; k < KB; ++k) {
+        const vf bv = upto(b + k * PQ, n);
+#pragma GCC unroll 8
+        for (int i = 0; i < TB; ++i) acc[i][k] += av[i] * bv;
+      }
+    }
+#pragma GCC unroll 8
+  for (int i = 0; i < TB; ++i)
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k) out[(t0 + i) * ldo + k] += hsum(acc[i][k]);
+}
+
+// all C/G·R·S cols rows against KB output channels: three rows at a time, then one
+template <int KB>
+void wgrad_channels(const Geom& g, const Grid& gr, const float* xp, const float* dy, float* out, int64_t ldo) {
+  const int64_t CRS = g.Cg() * g.RS();
+  int64_t t = 0;
+  for (; t + 3 <= CRS; t += 3) wgrad_block<3, KB>(g, gr, xp, dy, t, out, ldo);
+  for (; t < CRS; ++t) wgrad_block<1, KB>(g, gr, xp, dy, t, out, ldo);
+}
+
+// NCHW weight (and bias) gradient, stride 1: one job per (image, group), per-thread partials gw (G, C/G·R·S, K/G).
+void wgrad_grid(const Geom& g, const float* x, const float* gy, float* gw, float* gb, int threads) {
+  const Grid gr(g, g.P * g.Q);
   const int64_t Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS(), PQ = g.P * g.Q, wsize = g.K * CRS;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N * g.G));
-  std::vector<float> partial((gw || gb) ? (size_t)nt * (wsize + g.K) : 0, 0.f);
+  std::vector<float> partial((size_t)nt * (wsize + g.K), 0.f);
 #pragma omp parallel num_threads(nt)
   {
-    float* xp = scratch(0, 2 * Cg * gr.plane);  // padded input, then the padded input gradient
-    float* gxp = xp + Cg * gr.plane;
+    float* xp = scratch(0, Cg * gr.plane);
     zero(xp, Cg * gr.plane);
-    float* cols = scratch(1, CRS * gr.mt);
-    float* gyp = scratch(2, 2 * Kg * gr.mt);  // grad_y on the grid, then transposed
-    float* gyt = gyp + Kg * gr.mt;
-    float* pw = partial.empty() ? nullptr : partial.data() + (size_t)omp_get_thread_num() * (wsize + g.K);
+    float* pw = partial.data() + (size_t)omp_get_thread_num() * (wsize + g.K);
 #pragma omp for schedule(static)
     for (int64_t job = 0; job < g.N * g.G; ++job) {
       const int64_t n = job / g.G, gi = job % g.G;
-      if (gw) pad_group(g, gr, x, n, gi, xp);
-      if (gx) zero(gxp, Cg * gr.plane);
-      for (int64_t p0 = 0; p0 < g.P; p0 += gr.RT) {
-        const int64_t rows = std::min(gr.RT, g.P - p0), j0 = p0 * gr.Wp, mt = rows * gr.Wp;
-        for (int64_t k = 0; k < Kg; ++k) {
-          const float* src = gy + (n * g.K + gi * Kg + k) * PQ + p0 * g.Q;
-          if (gb) pw[wsize + gi * Kg + k] += sum(src, rows * g.Q);
-          for (int64_t i = 0; i < rows; ++i) {
-            copy(gyp + k * gr.mt + i * gr.Wp, src + i * g.Q, g.Q);
-            zero(gyp + k * gr.mt + i * gr.Wp + g.Q, gr.Wp - g.Q);
-          }
-        }
-        if (gx) {
-          gemm(CRS, mt, Kg, wT + gi * CRS * Kg, Kg, gyp, gr.mt, cols, gr.mt, false);
-          grid_col2im(g, gr, cols, gr.mt, j0, mt, gxp);
-        }
-        if (gw) {
-          for (int64_t k = 0; k < Kg; ++k)
-            for (int64_t j = 0; j < mt; ++j) gyt[j * Kg + k] = gyp[k * gr.mt + j];
-          grid_cols(g, gr, xp, j0, mt, cols, gr.mt, true);
-          gemm(CRS, Kg, mt, cols, gr.mt, gyt, Kg, pw + gi * CRS * Kg, Kg, true);
-        }
-      }
-      for (int64_t c = 0; gx && c < Cg; ++c)  // the padded gradient's interior is grad_x
-        for (int64_t h = 0; h < g.H; ++h)
-          copy(gx + ((n * g.C + gi * Cg + c) * g.H + h) * g.W, gxp + c * gr.plane + (h + g.pt) * gr.Wp + g.pl, g.W);
+      const float* dy = gy + (n * g.K + gi * Kg) * PQ;
+      for (int64_t k = 0; k < Kg && gb; ++k) pw[wsize + gi * Kg + k] += sum(dy + k * PQ, PQ);
+      if (!gw) continue;
+      pad_group(g, gr, x, n, gi, xp);
+      float* out = pw + gi * CRS * Kg;
+      int64_t k = 0;
+      for (; k + 8 <= Kg; k += 8) wgrad_channels<8>(g, gr, xp, dy + k * PQ, out + k, Kg);
+      if (k + 4 <= Kg) wgrad_channels<4>(g, gr, xp, dy + k * PQ, out + k, Kg), k += 4;
+      if (k + 2 <= Kg) wgrad_channels<2>(g, gr, xp, dy + k * PQ, out + k, Kg), k += 2;
+      if (k < Kg) wgrad_channels<1>(g, gr, xp, dy + k * PQ, out + k, Kg);
     }
-    at::native::cpublas::brgemm_release(false);
   }
   sum_partials(partial, nt, wsize, g.K, gw, gb);
 }
@@ -825,6 +855,18 @@ void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy
   const Geom g = geom(gp);
   if (g.depthwise() && g.Kg() == 1) return dw_bwd_nhwc(g, x, w, gy, gx, gw, gb, threads);
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), row = g.row(), RS = g.RS(), Cg = g.Cg(), Kg = g.Kg();
+  if (gx && g.sh == 1 && g.sw == 1 && !g.pointwise() && !g.depthwise()) {  // grad_x: the flipped-kernel forward
+    std::vector<float> wf(g.K * RS * Cg);  // its weight (G, R, S, K/G, C/G): w'[g, t, k, c] = w[g, k, R·S − 1 − t, c]
+    for (int64_t gi = 0; gi < g.G; ++gi)
+      for (int64_t t = 0; t < RS; ++t)
+        for (int64_t k = 0; k < Kg; ++k)
+          copy(wf.data() + ((gi * RS + t) * Kg + k) * Cg, w + ((gi * Kg + k) * RS + RS - 1 - t) * Cg, Cg);
+    int64_t tp[16];
+    pack(transposed(g), tp);
+    conv_fwd(tp, gy, wf.data(), nullptr, gx, transposed_tile(g, MT), threads);
+    gx = nullptr;
+    if (!gw && !gb) return;
+  }
   const int64_t wsize = g.K * RS * Cg;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N));
   std::vector<float> partial((gw || gb) ? (size_t)nt * (wsize + g.K) : 0, 0.f);
@@ -921,7 +963,20 @@ void conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const flo
                    float* gw, float* gb, int64_t MT, int threads) {
   const Geom g = geom(gp);
   if (g.depthwise() && g.Kg() == 1 && g.sh == 1 && g.sw == 1) return dw_bwd_nchw(g, x, wT, gy, gx, gw, gb, threads);
-  if (g.sh == 1 && g.sw == 1 && !g.pointwise_t()) return bwd_grid(g, x, wT, gy, gx, gw, gb, MT, threads);
+  if (g.sh == 1 && g.sw == 1 && !g.pointwise_t()) {  // grad_x: the flipped-kernel forward, no col2im
+    if (gx) {  // its weight (G, C/G, K/G·R·S): w'[g, c, (k, t)] = W[g·Kg + k, c, R·S − 1 − t] = wT[g, (c, R·S − 1 − t), k]
+      const int64_t Cg = g.Cg(), Kg = g.Kg(), RS = g.RS();
+      std::vector<float> wf(g.K * Cg * RS);
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t k = 0; k < Kg; ++k)
+            for (int64_t t = 0; t < RS; ++t)
+              wf[((gi * Cg + c) * Kg + k) * RS + t] = wT[(gi * Cg * RS + c * RS + RS - 1 - t) * Kg + k];
+      fwd_grid(transposed(g), gy, wf.data(), nullptr, gx, transposed_tile(g, MT), threads);
+    }
+    if (gw || gb) wgrad_grid(g, x, gy, gw, gb, threads);
+    return;
+  }
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS();
   const int64_t wsize = g.K * CRS;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N * g.G));
