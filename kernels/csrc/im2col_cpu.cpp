@@ -957,14 +957,14 @@ void conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const floa
 }
 
 // NCHW backward. gy (N, K, P, Q); wT is the weight transposed per group, (G, C/G·R·S, K/G). Outputs (each may be
-// null): gx (N, C, H, W), zeroed here; gw (G, C/G·R·S, K/G); gb (K). One thread per
-// (image, group): its col2im touches only that image's group channels, so no two threads add to one pixel.
+// null): gx (N, C, H, W); gw (G, C/G·R·S, K/G); gb (K). Strided convs: one thread per (image, group), whose col2im
+// touches only that image's group channels, so no two threads add to one pixel.
 void conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const float* gy, float* gx,
                    float* gw, float* gb, int64_t MT, int threads) {
   const Geom g = geom(gp);
   if (g.depthwise() && g.Kg() == 1 && g.sh == 1 && g.sw == 1) return dw_bwd_nchw(g, x, wT, gy, gx, gw, gb, threads);
   if (g.sh == 1 && g.sw == 1 && !g.pointwise_t()) {  // grad_x: the flipped-kernel forward, no col2im
-    if (gx) {  // its weight (G, C/G, K/G·R·S): w'[g, c, (k, t)] = W[g·Kg + k, c, R·S − 1 − t] = wT[g, (c, R·S − 1 − t), k]
+    if (gx) {  // its weight (G, C/G, K/G·R·S): w'[g, c, (k, t)] = W[g·Kg + k, c, R·S−1−t] = wT[g, (c, R·S−1−t), k]
       const int64_t Cg = g.Cg(), Kg = g.Kg(), RS = g.RS();
       std::vector<float> wf(g.K * Cg * RS);
       for (int64_t gi = 0; gi < g.G; ++gi)
