@@ -12,8 +12,12 @@ matrix is built one L2-sized tile of output pixels at a time and handed straight
 Depthwise convs never build cols: each cols entry feeds exactly one R·S-tap product, so the products read the
 strided view of the input in place (vectors along channels in NHWC, along output columns in NCHW); 1×1 stride-1
 convs use the input as cols the same way.
-Backward, per tile: grad_cols = grad_y @ W then col2im (adds back onto the input pixels it came from), and
-grad_W += grad_yᵀ @ cols with cols rebuilt in cache; the bias gradient is summed in the same pass.
+Backward: with stride 1, grad_x is the forward conv of grad_y with the kernel flipped (padding (R−1)·dh − pt), run
+by the same forward code, so its GEMM reduces over K/G·R·S and nothing is scattered; strided convs compute
+grad_cols = grad_y @ W per tile, then col2im (adds back onto the input pixels it came from). grad_W += grad_yᵀ @ cols
+with cols rebuilt in cache (NHWC), or, for NCHW, by a register-blocked micro-kernel that reads colsT in place (both of
+its operands run along the pixels, and grouped convs have only K/G outputs); the bias gradient comes from the same
+pass. NCHW input or gradient that an NHWC path needs is transposed by a 16×16 register-blocked kernel.
 Memory traffic per tile: the input halo once, cols written and read once in cache, the output once.
 
 Pure torch (every other dtype and device, or without a compiler):

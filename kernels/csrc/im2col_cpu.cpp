@@ -3,8 +3,9 @@
 // Layout (all NHWC):  x (N, H, W, C)   y (N, P, Q, K)   one output pixel m = (n, p, q) per cols row.
 //   cols[m, g, r, s, c'] = x[n, p·sh − pt + r·dh, q·sw − pl + s·dw, g·Cg + c']      (0 outside the image)
 //   y[m, g·Kg + k']      = Σ_{r,s,c'} cols[m, g, r, s, c'] · Wt[g, r, s, c', k'] (+ bias)   one GEMM per group
-// For G == 1 a cols row is R·S runs of C contiguous input channels; for depthwise convs (Cg == 1) the row is kept
-// tap-major, cols[m, r, s, c], and the "GEMM" is a length-R·S dot product per channel, vectorised over c.
+// For G == 1 a cols row is R·S runs of C contiguous input channels; depthwise convs with a channel multiplier keep
+// it tap-major, cols[m, r, s, c]. Depthwise convs without one never build cols (see "depthwise convs" below), and
+// NCHW inputs have their own sections (colsT, one row per (c, r, s)).
 //
 // Blocking: a tile is MT output pixels of one image; its cols block (MT × R·S·C floats) is sized by the caller to
 // stay in L2, so cols never goes to DRAM: per tile the input halo is read once, cols written and read once (in
@@ -12,10 +13,11 @@
 // has it, else ATen's cpublas::gemm), declared here exactly as in ATen/native/CPUBlas.h so this file needs no torch
 // headers and compiles in about a second.
 //
-// Backward, per tile (one image per thread, so the col2im scatter never races):
-//   grad_cols = grad_y @ Wᵀ (GEMM) then col2im adds each cols entry back onto the input pixel it came from;
-//   grad_W   += grad_yᵀ @ cols (GEMM, cols rebuilt in cache, per-thread partial sums added at the end);
-//   grad_b   += Σ_m grad_y.
+// Backward. Stride 1: grad_x is the forward conv of grad_y with the kernel flipped (same code, no scatter).
+// Strided, per tile (one image per thread, so the col2im scatter never races):
+//   grad_cols = grad_y @ Wᵀ (GEMM) then col2im adds each cols entry back onto the input pixel it came from.
+// Always: grad_W += grad_yᵀ @ cols (GEMM, cols rebuilt in cache, per-thread partial sums added at the end);
+//   grad_b += Σ_m grad_y.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
