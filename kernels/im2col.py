@@ -371,14 +371,30 @@ class Im2col(Implementation):
         return _Im2colConv.apply(x, weight, bias, p)
 
     def _max_pool2d(self, x, p: PoolProblem):
-        # max over the unfolded window axis; torch.max keeps the first maximum, its gradient goes to that element
-        values, t = _windows(x, p, float("-inf")).max(dim=2)
+        # max over the unfolded window axis (torch.max keeps the first maximum). The windows are built without
+        # autograd: the output is gathered from the input at the winners, so the backward is one scatter of
+        # N·C·P·Q gradients instead of col2im over the kh·kw-times larger window matrix.
+        with torch.no_grad():
+            values, t = _windows(x, p, float("-inf")).max(dim=2)
         kw = p.kernel[1]
         rows = torch.arange(p.P, device=x.device)[:, None] * p.stride[0] - p.pads[0] + (t // kw) * p.dilation[0]
         cols = torch.arange(p.Q, device=x.device)[None, :] * p.stride[1] - p.pads[2] + (t % kw) * p.dilation[1]
+        flat = rows * p.W + cols
+        (kh, kw), (sh, sw), (dh, dw) = p.kernel, p.stride, p.dilation
+        in_image = (p.pads[0] == p.pads[2] == 0 and (p.P - 1) * sh + (kh - 1) * dh < p.H
+                    and (p.Q - 1) * sw + (kw - 1) * dw < p.W)  # no window reaches the padding
+        if torch.is_grad_enabled() and x.requires_grad:  # a winner in the padding is −inf and gets no gradient
+            if in_image:
+                values = x.flatten(2).gather(2, flat.flatten(2)).view_as(values)
+            else:
+                inside = (rows >= 0) & (rows < p.H) & (cols >= 0) & (cols < p.W)
+                picked = x.flatten(2).gather(2, torch.where(inside, flat, 0).flatten(2)).view_as(values)
+                values = torch.where(inside, picked, values)
+        if in_image:  # an all −inf window's first maximum is its first tap: already ATen's index
+            return values, flat
         start = p.first_tap_index(x.device)
         # nothing beats −inf: report the window's first in-range tap, as ATen does
-        return values, torch.where(values == float("-inf"), start, rows * p.W + cols)
+        return values, torch.where(values == float("-inf"), start, flat)
 
     def _avg_pool2d(self, x, p: PoolProblem):
         acc = accumulator_dtype(x.dtype)

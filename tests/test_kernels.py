@@ -71,6 +71,26 @@ def test_max_pool_ties_nan_and_return_indices_flag(name, device):
     assert torch.isnan(impl.max_pool2d(y, 2)[0, 0, 0, 1])
 
 
+INDUCTOR_PADDED_INDEX = ("torch.compile's CPU max_pool2d (Inductor) reports a position in the padding (flat index −7) "
+                         "for a window whose in-image values are all −inf; eager ATen reports the first in-image tap")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("padded", [False, True], ids=["in-image", "padded"])
+@pytest.mark.parametrize("name", IMPLS)
+def test_max_pool_windows_where_nothing_beats_neg_inf(name, padded, device):
+    if name == "compile" and padded and device == "cpu":
+        pytest.xfail(INDUCTOR_PADDED_INDEX)
+    impl = implementation(name, device)
+    z = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    z[0, 0, :2, :2] = z[0, 1, 1:4, 1:4] = float("-inf")
+    z = z.to(device)
+    kw = dict(kernel_size=3, stride=2, padding=1) if padded else dict(kernel_size=2)
+    v, i = impl.max_pool2d(z, return_indices=True, **kw)
+    tv, ti = ORACLE["max_pool2d"](z, return_indices=True, **kw)
+    assert torch.equal(v.cpu().double(), tv.cpu()) and torch.equal(i.cpu(), ti.cpu())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", IMPLS)
 def test_gradient_only_for_what_requires_it(name, device):
