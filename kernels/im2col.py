@@ -376,11 +376,10 @@ class Im2col(Implementation):
         # N·C·P·Q gradients instead of col2im over the kh·kw-times larger window matrix.
         with torch.no_grad():
             values, t = _windows(x, p, float("-inf")).max(dim=2)
-        kw = p.kernel[1]
-        rows = torch.arange(p.P, device=x.device)[:, None] * p.stride[0] - p.pads[0] + (t // kw) * p.dilation[0]
-        cols = torch.arange(p.Q, device=x.device)[None, :] * p.stride[1] - p.pads[2] + (t % kw) * p.dilation[1]
-        flat = rows * p.W + cols
         (kh, kw), (sh, sw), (dh, dw) = p.kernel, p.stride, p.dilation
+        rows = torch.arange(p.P, device=x.device)[:, None] * sh - p.pads[0] + (t // kw) * dh
+        cols = torch.arange(p.Q, device=x.device)[None, :] * sw - p.pads[2] + (t % kw) * dw
+        flat = rows * p.W + cols
         in_image = (p.pads[0] == p.pads[2] == 0 and (p.P - 1) * sh + (kh - 1) * dh < p.H
                     and (p.Q - 1) * sw + (kw - 1) * dw < p.W)  # no window reaches the padding
         if torch.is_grad_enabled() and x.requires_grad:  # a winner in the padding is −inf and gets no gradient

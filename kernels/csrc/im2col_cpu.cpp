@@ -205,10 +205,18 @@ float* scratch(int which, int64_t n) {
   return reinterpret_cast<float*>((addr + 63) & ~uintptr_t(63));
 }
 
+// scratch(which, n) with its n floats zeroed: padded copies whose border every later write leaves as it is
+float* zeroed_scratch(int which, int64_t n) {
+  float* buf = scratch(which, n);
+  zero(buf, n);
+  return buf;
+}
+
 int64_t tiles_per_image(const Geom& g, int64_t MT) { return (g.P * g.Q + MT - 1) / MT; }
 
-// out[j·ldo + m] (+)= Σ_t w[j·ldw + t] · cols[t·ld + m] for j < nj, m < mt: the GEMM of a depthwise conv, whose
-// reduction (R·S taps) is too short for the GEMM kernel; 64 pixels per register block.
+// out[j·ldo + m] (+)= Σ_t w[j·ldw + t] · cols[t·ld + m] for j < nj, m < mt: the GEMM of a conv with one input
+// channel per group (strided NCHW), whose reduction (R·S taps) is too short for the GEMM kernel; 64 pixels per
+// register block.
 void small_gemm(float* out, int64_t ldo, const float* w, int64_t ldw, const float* cols, int64_t ld, int64_t nj,
                 int64_t nt, int64_t mt, bool acc) {
   constexpr int64_t B = 64;
@@ -286,22 +294,15 @@ void sum_partials(const std::vector<float>& partial, int nt, int64_t wsize, int6
 typedef float vf __attribute__((vector_size(4 * V)));
 template <class T> inline T ld(const float* p) { T v; std::memcpy(&v, p, sizeof v); return v; }
 template <class T> inline void st(float* p, T v) { std::memcpy(p, &v, sizeof v); }
-// the first n < V floats at p, the other lanes zero
-inline vf part(const float* p, int64_t n) {
-#ifdef __AVX512F__
-  return (vf)_mm512_maskz_loadu_ps(tail(n), p);
-#else
-  vf v{};
-  for (int64_t j = 0; j < n; ++j) v[j] = p[j];
-  return v;
-#endif
-}
 // the first n ≤ V floats at p, the other lanes zero (a masked load: as cheap as a whole one)
 inline vf upto(const float* p, int64_t n) {
 #ifdef __AVX512F__
-  return (vf)_mm512_maskz_loadu_ps((__mmask16)(n >= V ? 0xffff : (1u << n) - 1u), p);
+  return (vf)_mm512_maskz_loadu_ps(n >= V ? (__mmask16)0xffff : tail(n), p);
 #else
-  return n == V ? ld<vf>(p) : part(p, n);
+  if (n >= V) return ld<vf>(p);
+  vf v{};
+  for (int64_t j = 0; j < n; ++j) v[j] = p[j];
+  return v;
 #endif
 }
 inline float hsum(vf v) {
@@ -514,11 +515,6 @@ struct Planes {
   int64_t Qv, Hb, Wb;
   explicit Planes(const Geom& g)
       : Qv((g.Q + V - 1) / V * V), Hb((g.P - 1) * g.sh + (g.R - 1) * g.dh + 1), Wb(Qv + (g.S - 1) * g.dw) {}
-  float* buffer(int which) const {  // this thread's padded plane, border zeroed
-    float* xb = scratch(which, Hb * Wb);
-    zero(xb, Hb * Wb);
-    return xb;
-  }
 };
 
 // out[i·Qv + j·V + lane] = b + Σ_{r,s} xb[(i·sh + r·dh)·Wb + s·dw + j·V + lane] · w[r, s] for RB output rows and
@@ -554,7 +550,7 @@ void dw_fwd_nchw(const Geom& g, const float* x, const float* w, const float* bia
   const int64_t RS = g.RS();
 #pragma omp parallel num_threads(threads)
   {
-    float* xb = pl.buffer(0);
+    float* xb = zeroed_scratch(0, pl.Hb * pl.Wb);
     float* rows = scratch(1, 4 * pl.Qv);
 #pragma omp for schedule(static)
     for (int64_t job = 0; job < g.N * g.C; ++job) {
@@ -574,69 +570,18 @@ void dw_fwd_nchw(const Geom& g, const float* x, const float* w, const float* bia
   }
 }
 
-// Depthwise backward, NCHW, stride 1 (wT, gw: (C, R·S)). grad_x: the flipped-kernel forward; grad_W per plane:
-// gw[c, r, s] += Σ_{p,q} xb[p + r·dh, q + s·dw] · gy[p, q], vectors along q, four rows in flight.
-void dw_bwd_nchw(const Geom& g, const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
-                 int threads) {
-  const int64_t RS = g.RS(), PQ = g.P * g.Q, wsize = g.C * RS;
-  if (gx) {
-    const std::vector<float> wf = flipped(w, RS, g.C, false);
-    dw_fwd_nchw(transposed(g), gy, wf.data(), nullptr, gx, threads);
-  }
-  if (!gw && !gb) return;
-  const Planes pl(g);
-  const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N * g.C));
-  std::vector<float> partial((size_t)nt * (wsize + g.C), 0.f);
-#pragma omp parallel num_threads(nt)
-  {
-    float* xb = pl.buffer(0);
-    float* pw = partial.data() + (size_t)omp_get_thread_num() * (wsize + g.C);
-#pragma omp for schedule(static)
-    for (int64_t job = 0; job < g.N * g.C; ++job) {
-      const int64_t c = job % g.C;
-      const float* dy = gy + job * PQ;
-      if (gb) pw[wsize + c] += sum(dy, PQ);
-      if (!gw) continue;
-      pad_plane(x + job * g.H * g.W, g.H, g.W, g.pt, g.pl, xb, pl.Hb, pl.Wb);
-      for (int64_t t = 0; t < RS; ++t) {
-        const float* xt = xb + t / g.S * g.dh * pl.Wb + t % g.S * g.dw;
-        auto row = [&](int64_t p) {  // Σ_q of one row; lanes past Q read neither operand
-          const float *xr = xt + p * g.sh * pl.Wb, *yr = dy + p * g.Q;
-          vf s{};
-          int64_t q = 0;
-          for (; q + V <= g.Q; q += V) s += ld<vf>(xr + q) * ld<vf>(yr + q);
-          if (q < g.Q) s += part(xr + q, g.Q - q) * part(yr + q, g.Q - q);
-          return s;
-        };
-        vf a0{}, a1{}, a2{}, a3{};
-        int64_t p = 0;
-        for (; p + 4 <= g.P; p += 4) {
-          a0 += row(p);
-          a1 += row(p + 1);
-          a2 += row(p + 2);
-          a3 += row(p + 3);
-        }
-        for (; p < g.P; ++p) a0 += row(p);
-        pw[c * RS + t] += hsum((a0 + a1) + (a2 + a3));
-      }
-    }
-  }
-  sum_partials(partial, nt, wsize, g.C, gw, gb);
-}
-
 // ---- NCHW, stride 1: cols rows as single runs of a padded copy ----------------------------------------------------
 // With stride 1, computing the output on the padded grid j = p·Wp + q (Wp = W + pl + pr = Q + (S−1)·dw columns per
 // row, the last (S−1)·dw of them discarded) makes every colsT row one contiguous run of the zero-padded planes:
 //   colsT[(c, r, s), j] = xpad[c, j + r·dh·Wp + s·dw]
-// so a tile of whole padded rows is built with C/G·R·S straight copies (no per-output-row clipping), and col2im is
-// C/G·R·S straight adds into a padded input gradient. Cost: (S−1)·dw/Wp more GEMM columns (7% for 3×3 on 28×28)
-// and one padded copy of the input per (image, group); everything stays in L2.
+// so a tile of whole padded rows is built with C/G·R·S straight copies (no per-output-row clipping). Cost:
+// (S−1)·dw/Wp more GEMM columns (7% for 3×3 on 28×28) and one padded copy of the input per (image, group);
+// everything stays in L2.
 struct Grid {
   int64_t Wp, Hp, plane, RT, mt;  // RT padded output rows (mt = RT·Wp grid points) per tile
   Grid(const Geom& g, int64_t MT)
       : Wp(g.Q + (g.S - 1) * g.dw), Hp(g.P + (g.R - 1) * g.dh + 1),  // +1 row: the last row's discarded columns
         plane(Hp * Wp), RT(std::clamp<int64_t>(MT / Wp, 1, g.P)), mt(RT * Wp) {}
-  int64_t tiles(const Geom& g) const { return (g.P + RT - 1) / RT; }
 };
 
 // colsT (C/G·R·S × ld) of the grid points [j0, j0 + n) from the padded planes xp (Cg × plane)
@@ -660,8 +605,7 @@ void fwd_grid(const Geom& g, const float* x, const float* w, const float* bias, 
   const int64_t Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS(), PQ = g.P * g.Q;
 #pragma omp parallel num_threads(threads)
   {
-    float* xp = scratch(0, Cg * gr.plane);
-    zero(xp, Cg * gr.plane);
+    float* xp = zeroed_scratch(0, Cg * gr.plane);
     float* cols = scratch(1, CRS * gr.mt);
     float* out = scratch(2, Kg * gr.mt);
 #pragma omp for schedule(static)
@@ -745,8 +689,7 @@ void wgrad_grid(const Geom& g, const float* x, const float* gy, float* gw, float
   std::vector<float> partial((size_t)nt * (wsize + g.K), 0.f);
 #pragma omp parallel num_threads(nt)
   {
-    float* xp = scratch(0, Cg * gr.plane);
-    zero(xp, Cg * gr.plane);
+    float* xp = zeroed_scratch(0, Cg * gr.plane);
     float* pw = partial.data() + (size_t)omp_get_thread_num() * (wsize + g.K);
 #pragma omp for schedule(static)
     for (int64_t job = 0; job < g.N * g.G; ++job) {
@@ -764,6 +707,17 @@ void wgrad_grid(const Geom& g, const float* x, const float* gy, float* gw, float
     }
   }
   sum_partials(partial, nt, wsize, g.K, gw, gb);
+}
+
+// Depthwise backward, NCHW, stride 1 (w, gw: (C, R·S)): grad_x is the flipped-kernel forward; the weight and bias
+// gradients are the grouped ones with C/G = K/G = 1.
+void dw_bwd_nchw(const Geom& g, const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
+                 int threads) {
+  if (gx) {
+    const std::vector<float> wf = flipped(w, g.RS(), g.C, false);
+    dw_fwd_nchw(transposed(g), gy, wf.data(), nullptr, gx, threads);
+  }
+  if (gw || gb) wgrad_grid(g, x, gy, gw, gb, threads);
 }
 
 // ---- layout: NCHW → NHWC ---------------------------------------------------------------------------------------
