@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from reference import ConvProblem, PoolProblem
 
-OPS = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
+from .schema import OPS  # noqa: E402,F401 — re-exported
 
 
 def pair_text(v) -> str:

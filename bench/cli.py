@@ -1,4 +1,4 @@
-"""``python -m bench`` / ``convbench``: run, report, compare, merge, list.
+"""``python -m bench`` / ``convbench``: run, ab, report, compare, baseline, history, merge, profile, list.
 
 Exit codes (../shared/CONTRACT.md): run — 0 every case ok/skipped/unsupported, 1 some mismatch/error/timeout,
 2 bad usage; compare — 0 no regression, 1 regression, 2 bad usage or unreadable input, 3 environments differ.
@@ -10,14 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cases import OPS
-from .suites import SUITES
+from .schema import OPS, SUITE_NAMES, UsageError
 
 
-def _run_parser(sub) -> None:
-    p = sub.add_parser("run", help="measure a suite (validate against the float64 oracle, then time)",
-                       description="Measure every selected case with every selected implementation.")
-    p.add_argument("--suite", default="quick", choices=sorted(SUITES), help="which cases (default: quick)")
+def _filters(p, default_suite: str) -> None:
+    """The case and implementation filters that run and ab share."""
+    p.add_argument("--suite", default=default_suite, choices=sorted(SUITE_NAMES),
+                   help=f"which cases (default: {default_suite})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--impl", nargs="+", metavar="NAME", help="implementations to run (default: all registered)")
     p.add_argument("--op", nargs="+", choices=OPS, help="operations to run (default: all in the suite)")
@@ -26,19 +25,40 @@ def _run_parser(sub) -> None:
     p.add_argument("--where", action="append", metavar="AXIS=V[,V]",
                    help="keep cases whose results column AXIS (batch, in_channels, out_channels, height, width, "
                         "kernel, stride, padding, dilation, groups) takes one of the values; repeatable")
-    p.add_argument("--out", type=Path, help="run directory (default: results/runs/<utc-time>-<host>-<device>/)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
-                   help="continue the run in --out (or DIR), skipping finished cases")
     p.add_argument("--shard", metavar="K/N", help="run only the K-th of N deterministic parts of the suite")
     p.add_argument("--threads", type=int,
                    help="intra-op CPU threads (default: all cores but one; recorded, and runs with different counts "
                         "are never compared)")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
-                   help="seconds one implementation may spend in one phase of a case before it is killed")
-    p.add_argument("--max-seconds", type=float, metavar="S", help="override the suite's timing budget per "
-                                                                   "implementation and case")
     p.add_argument("--seed", type=int, default=0, help="input data seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")
+
+
+def _positive(name: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects a number, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {text!r}")
+        return v
+    return parse
+
+
+def _run_parser(sub) -> None:
+    p = sub.add_parser("run", help="measure a suite (validate against the float64 oracle, then time)",
+                       description="Measure every selected case with every selected implementation.")
+    _filters(p, "quick")
+    p.add_argument("--metric", default="time", choices=["time", "instructions"],
+                   help="time (default), or instructions: Callgrind counts per call, the whole suite in one "
+                        "valgrind process (CPU; needs valgrind)")
+    p.add_argument("--out", type=Path, help="run directory (default: results/runs/<utc-time>-<host>-<device>/)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
+                   help="continue the run in --out (or DIR), skipping finished cases")
+    p.add_argument("--timeout", type=_positive("--timeout"), default=300.0, metavar="S",
+                   help="seconds one implementation may spend in one phase of a case before it is killed")
+    p.add_argument("--max-seconds", type=_positive("--max-seconds"), metavar="S",
+                   help="override the suite's timing budget per implementation and case")
     p.add_argument("--profile", action="store_true",
                    help="also profile a training step per implementation (torch.profiler) into the run directory")
 
@@ -49,13 +69,59 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     r = sub.add_parser("report", help="write report.md, report.html and plots/*.png for a run directory")
     r.add_argument("dir", type=Path)
-    c = sub.add_parser("compare", help="compare two runs case by case and flag regressions")
-    c.add_argument("base", type=Path)
-    c.add_argument("new", type=Path)
-    c.add_argument("--threshold", type=float, default=0.10, help="relative change that counts (default 0.10)")
+    a = sub.add_parser("ab", help="A/B two revisions interleaved in one invocation (the CI regression gate)",
+                       description="Time (and/or count instructions of) every selected case on two revisions, "
+                                   "interleaved round by round, with confirmation of every suspect.")
+    a.add_argument("base", nargs="?", help="git revision (e.g. origin/main) or path to a checkout")
+    a.add_argument("new", nargs="?", help="git revision (e.g. HEAD) or path to a checkout")
+    a.add_argument("--merge-base", metavar="REF", help="compare HEAD with its merge base against REF")
+    _filters(a, "smoke")
+    a.add_argument("--metric", nargs="+", choices=["time", "instructions"], default=["time"],
+                   help="time (interleaved paired samples) and/or instructions (Callgrind); default time")
+    a.add_argument("--threshold", type=float, help="relative change that counts (default 0.05 time, 0.01 "
+                                                   "instructions)")
+    a.add_argument("--op-threshold", action="append", metavar="OP=X", help="per-op threshold, e.g. "
+                                                                           "train_step=0.08; repeatable")
+    a.add_argument("--timeout", type=_positive("--timeout"), default=300.0, metavar="S",
+                   help="seconds a side may take to answer one request before it is killed")
+    a.add_argument("--json", type=Path, metavar="FILE", help="write the verdict rows as JSON")
+    a.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (e.g. for a CI job)")
+    a.add_argument("--out", type=Path, metavar="DIR", help="directory for ab.csv/json/md (with raw samples), "
+                                                           "ab-env.json and callgrind dumps")
+    c = sub.add_parser("compare", help="compare two stored runs case by case and flag regressions")
+    c.add_argument("base", type=Path, help="run directory (with one argument: NEW, against its baseline)")
+    c.add_argument("new", type=Path, nargs="?")
+    c.add_argument("--threshold", type=float, help="relative change that counts (default 0.10 time, 0.01 "
+                                                   "instructions)")
     c.add_argument("--alpha", type=float, default=0.01, help="significance level of the per-case test")
+    c.add_argument("--normalize", default="auto", metavar="IMPL|none",
+                   help="compare times relative to this implementation measured in the same rounds (default: "
+                        "cudnn when both runs have it) or none")
+    c.add_argument("--metric", default="time", choices=["time", "instructions"])
     c.add_argument("--allow-env-mismatch", action="store_true", help="compare runs from different environments")
     c.add_argument("--out", type=Path, help="also write the comparison table as CSV")
+    c.add_argument("--json", type=Path, metavar="FILE", help="write the rows as JSON")
+    c.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
+    b = sub.add_parser("baseline", help="manage the per-environment baselines of bench compare")
+    bsub = b.add_subparsers(dest="baseline_command", required=True)
+    bp = bsub.add_parser("promote", help="copy a run to results/baselines/<device-key>/")
+    bp.add_argument("run_dir", type=Path)
+    bp.add_argument("--root", type=Path, default=Path("results/baselines"))
+    h = sub.add_parser("history", help="per-case trends across commits, with change points (SQLite)")
+    hsub = h.add_subparsers(dest="history_command", required=True)
+    for name, text in (("add", "store a run in the history"), ("show", "one line per series, with change points"),
+                       ("plot", "trend charts with change points")):
+        hp = hsub.add_parser(name, help=text)
+        if name == "add":
+            hp.add_argument("run_dir", type=Path)
+        hp.add_argument("--db", type=Path, default=Path("results/history.sqlite"))
+        if name != "add":
+            hp.add_argument("--env-key", help="only this environment (default: every one)")
+            hp.add_argument("--case", help="only cases whose key contains this text")
+            hp.add_argument("--impl", help="only this implementation")
+            hp.add_argument("--metric", default="time", choices=["time", "instructions"])
+        if name == "plot":
+            hp.add_argument("--out", type=Path, default=Path("results/history-plots"))
     m = sub.add_parser("merge", help="join shard run directories into one")
     m.add_argument("out", type=Path)
     m.add_argument("parts", type=Path, nargs="+")
@@ -71,13 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int)
     pr.add_argument("--out", type=Path, help="directory for profile.md/csv and traces (default results/runs/profile)")
     ls = sub.add_parser("list", help="implementations and their availability, suites and their case counts")
-    ls.add_argument("--suite", choices=sorted(SUITES), help="also list that suite's cases")
+    ls.add_argument("--suite", choices=sorted(SUITE_NAMES), help="also list that suite's cases")
     ls.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     return parser
 
 
 def _list(args) -> int:
     import kernels
+
+    from .suites import SUITES
 
     print("implementations:")
     for name in kernels.names():
@@ -97,7 +165,6 @@ def _list(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .runner import UsageError
 
     try:
         if args.command == "run":
@@ -111,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                               out=Path(resume_dir) if resume_dir else args.out, resume=bool(args.resume),
                               shard=parse_shard(args.shard), threads=args.threads, timeout=args.timeout,
                               max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress,
-                              profile=args.profile)
+                              profile=args.profile, metric=args.metric)
             return run(opts)
+        if args.command == "ab":
+            from .ab import ab_command
+
+            return ab_command(args)
         if args.command == "report":
             from .report import write_report
 
@@ -121,7 +192,20 @@ def main(argv: list[str] | None = None) -> int:
             from .compare import compare_runs
 
             return compare_runs(args.base, args.new, threshold=args.threshold, alpha=args.alpha,
-                                allow_env_mismatch=args.allow_env_mismatch, out=args.out)
+                                allow_env_mismatch=args.allow_env_mismatch, out=args.out, normalize=args.normalize,
+                                metric=args.metric, json_out=args.json, markdown_out=args.markdown)
+        if args.command == "baseline":
+            from .baseline import promote
+
+            try:
+                print(f"baseline → {promote(args.run_dir, args.root)}")
+            except (ValueError, OSError) as exc:
+                raise UsageError(str(exc)) from None
+            return 0
+        if args.command == "history":
+            from .history import history_command
+
+            return history_command(args)
         if args.command == "profile":
             from .profile import profile_command
 

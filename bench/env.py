@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from .schema import FINGERPRINT_KEYS, fingerprint  # noqa: F401 — re-exported
+
 ROOT = Path(__file__).resolve().parent.parent
-#: what must match for two runs to be compared (bench compare exits 3 otherwise)
-FINGERPRINT_KEYS = ("device", "device_name", "threads", "torch", "cpu_model")
 
 
 def utc_now() -> str:
@@ -184,7 +184,3 @@ def finish(env: dict, rows: list[dict]) -> dict:
     if busy:
         env["warnings"].append("other processes were using CPU at the end: " + "; ".join(busy))
     return env
-
-
-def fingerprint(env: dict) -> dict:
-    return {k: env.get(k) for k in FINGERPRINT_KEYS}

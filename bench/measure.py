@@ -144,6 +144,7 @@ class Outcome:
     max_abs_err: float | None = None
     max_rel_err: float | None = None
     warning: str = ""
+    instructions: float | None = None  # Callgrind count per call (run --metric instructions)
 
 
 def _describe(exc: BaseException) -> str:
@@ -157,17 +158,27 @@ def _errs(c: Check) -> tuple[float | None, float | None]:
     return finite(c.max_abs_err), finite(c.max_rel_err)
 
 
-def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 0,
+@dataclass
+class Prepared:
+    """An implementation validated on a case and warmed up, ready to be sampled: ``call`` is what is timed."""
+
+    sampler: Sampler
+    outcome: Outcome
+    first_s: float
+    call_ms: float
+
+
+def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 0,
                  phase: Callable[[str, str], None] = lambda impl, stage: None,
-                 report: Callable[[Outcome], None] = lambda o: None) -> None:
-    """Validate every implementation on ``case``, then time the correct ones interleaved; ``report`` each outcome
-    as soon as it is final; ``phase(impl, stage)`` announces what is about to run (the parent's watchdog)."""
+                 report: Callable[[Outcome], None] = lambda o: None) -> dict[str, Prepared]:
+    """Validate every implementation on ``case`` against the oracle and warm up the correct ones; ``report`` each
+    outcome that is final already (unsupported, skipped, error, mismatch); return the rest, ready to time."""
     set_precision(case.dtype)
     if case.device == "cuda":
         torch.backends.cudnn.benchmark = True
     phase("oracle", "reference")
     expected = expected_for(case, seed)
-    samplers: dict[str, tuple[Sampler, Outcome, float]] = {}
+    ready: dict[str, Prepared] = {}
     for name in impl_names:
         impl = kernels.get(name)
         backend = impl.backend(case.op, case.device, case.problem)
@@ -206,22 +217,32 @@ def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
             report(Outcome(name, "error", _describe(exc), backend, max_abs_err=abs_err, max_rel_err=rel_err))
             continue
         sampler = Sampler(name, call, calibrate_loops(call_ms, case.device, timing.target_sample_ms))
-        outcome = Outcome(name, "ok", "", backend, max_abs_err=abs_err, max_rel_err=rel_err)
-        samplers[name] = (sampler, outcome, first_s)
-    if not samplers:
+        ready[name] = Prepared(sampler, Outcome(name, "ok", "", backend, max_abs_err=abs_err, max_rel_err=rel_err),
+                               first_s, call_ms)
+    return ready
+
+
+def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 0,
+                 phase: Callable[[str, str], None] = lambda impl, stage: None,
+                 report: Callable[[Outcome], None] = lambda o: None) -> None:
+    """Validate every implementation on ``case``, then time the correct ones interleaved; ``report`` each outcome
+    as soon as it is final; ``phase(impl, stage)`` announces what is about to run (the parent's watchdog)."""
+    ready = prepare_case(case, impl_names, timing, seed, phase, report)
+    if not ready:
         return
     try:
-        retried = time_case([s for s, _, _ in samplers.values()], case.device, timing, phase)
+        retried = time_case([p.sampler for p in ready.values()], case.device, timing, phase)
     except Exception as exc:  # noqa: BLE001 — a failure mid-timing fails every impl still being timed
-        for _, outcome, _ in samplers.values():
-            report(Outcome(outcome.impl, "error", f"during timing: {_describe(exc)}", outcome.backend))
+        for p in ready.values():
+            report(Outcome(p.outcome.impl, "error", f"during timing: {_describe(exc)}", p.outcome.backend))
         return
-    for sampler, outcome, first_s in samplers.values():
+    for p in ready.values():
+        sampler, outcome = p.sampler, p.outcome
         stats = summarize(sampler.samples_ms)
         outcome.times_ms = tuple(sampler.samples_ms)
         outcome.loops = sampler.loops
         if kernels.get(outcome.impl).jit:  # the first call's cost beyond one steady call: compile/autotune time
-            outcome.compile_s = max(0.0, first_s - stats.median_ms / 1e3)
+            outcome.compile_s = max(0.0, p.first_s - stats.median_ms / 1e3)
         if stats.spread > NOISY_IQR:
             outcome.warning = f"noisy: IQR is {stats.spread:.0%} of the median"
         if retried:

@@ -11,9 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .env import fingerprint
-from .results import JsonlWriter, read_jsonl, row_id
-from .runner import finalize
+from .schema import JsonlWriter, finalize, fingerprint, read_jsonl, row_id
 
 
 def merge_runs(out: Path, parts: list[Path]) -> int:

@@ -25,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 import kernels
 
 from .measure import set_precision
-from .results import atomic_write
+from .schema import atomic_write
 
 PHASES = (  # checked in order: the first phase whose marker an op's nearest labelled ancestor carries
     ("optimizer", ("convbench.optimizer", "Optimizer.step", "Optimizer.zero_grad")),

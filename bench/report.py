@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from .results import FAILED, atomic_write, case_label, read_rows  # noqa: E402
+from .schema import FAILED, atomic_write, case_label, read_rows  # noqa: E402
 
 BASELINE = "cudnn"
 OP_ORDER = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")

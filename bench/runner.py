@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,25 +25,12 @@ import kernels
 
 from . import env as envmod
 from .cases import Case
-from .results import (
-    FAILED,
-    JsonlWriter,
-    atomic_write,
-    make_row,
-    pytest_benchmark_json,
-    read_jsonl,
-    row_id,
-    summary_frame,
-    write_csv,
-)
+from .results import make_row
+from .schema import FAILED, JsonlWriter, UsageError, atomic_write, finalize, read_jsonl, row_id, summary_frame
 from .suites import SUITES, suite_hash
 from .worker import Supervisor, WorkerConfig
 
 AXIS_ALIASES = {"kernel": "kernel_h", "n": "batch", "c": "in_channels", "k": "out_channels", "h": "height"}
-
-
-class UsageError(Exception):
-    """Bad command-line usage: exit code 2."""
 
 
 @dataclass
@@ -62,6 +51,7 @@ class RunOptions:
     seed: int = 0
     progress: bool = True
     profile: bool = False
+    metric: str = "time"  # or "instructions": Callgrind counts, the whole selection in one valgrind process
 
 
 def parse_where(items: list[str]) -> dict[str, set[str]]:
@@ -196,11 +186,20 @@ def run(opts: RunOptions) -> int:
     timing = SUITES[opts.suite].timing
     if opts.max_seconds:
         timing = dataclasses.replace(timing, max_seconds=opts.max_seconds)
-    threads = opts.threads or default_threads()
+    if opts.metric == "instructions":
+        from .callgrind import unavailable_reason
+
+        why = unavailable_reason() or (None if opts.device == "cpu" else "counts CPU instructions: use --device cpu")
+        if why:
+            raise UsageError(f"--metric instructions: {why}")
+        if opts.threads not in (None, 1):
+            raise UsageError("--metric instructions runs one thread (valgrind serialises threads); drop --threads")
+    threads = 1 if opts.metric == "instructions" else opts.threads or default_threads()
     out = opts.out or default_out(opts.device)
-    env = envmod.capture(opts.device, threads, opts.suite, suite_hash(cases, timing), sys.argv[1:])
+    env = envmod.capture(opts.device, threads, opts.suite, suite_hash(cases, timing) + (
+        "-instructions" if opts.metric == "instructions" else ""), sys.argv[1:])
     env.update(shard=list(opts.shard) if opts.shard else None, impls=impls, cases=len(cases),
-               timing=dataclasses.asdict(timing), timeout_s=opts.timeout, seed=opts.seed)
+               timing=dataclasses.asdict(timing), timeout_s=opts.timeout, seed=opts.seed, metric=opts.metric)
     if opts.resume:
         previous, env = _load_for_resume(out, env)
     else:
@@ -215,7 +214,11 @@ def run(opts: RunOptions) -> int:
     rows = list(previous)
     timing_mode = "cuda-events,l2-flush" if opts.device == "cuda" else f"perf_counter,threads={threads}"
     writer = JsonlWriter(out / "results.jsonl")
-    supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env()), opts.timeout)
+    if opts.metric == "instructions":
+        supervisor = InstructionSupervisor(out, opts.device, opts.timeout)
+        timing_mode = "callgrind,instructions-per-call,arch=x86-64-v3"
+    else:
+        supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env()), opts.timeout)
     progress = Progress(len(cases), opts.progress)
     interrupted = False
     try:
@@ -261,16 +264,41 @@ def _profile(out: Path, cases: list[Case], impls: list[str], threads: int) -> No
     print(table.to_string(index=False))
 
 
+class InstructionSupervisor:
+    """``run --metric instructions``: one valgrind process (bench/peer.py under Callgrind) for the whole selection,
+    this checkout's implementations; the same interface as Supervisor. Dumps stay in ``out/callgrind/``."""
+
+    threads = 1
+
+    def __init__(self, out: Path, device: str, timeout: float) -> None:
+        from . import callgrind
+        from .peer import Peer, make_farm
+
+        self.dumps = out / "callgrind"
+        self.dumps.mkdir(parents=True, exist_ok=True)
+        self.farm = make_farm(Path(tempfile.mkdtemp(prefix="convbench-cg-")), Path(__file__).resolve().parent.parent)
+        self.peer = Peer("valgrind", self.farm, device, 1, {**callgrind.ENV, "CONVBENCH_CALLGRIND_OUT":
+                                                             str(self.dumps)}, callgrind.command(self.dumps), 900.0)
+        self.timeout, self.restarts = timeout, 0
+
+    def measure(self, case: Case, impls: list[str], timing, seed: int):
+        from .ab import count_cases
+        from .measure import Outcome
+
+        for _, got in count_cases(self.peer, [case], impls, timing, seed, self.timeout * 20):
+            for name in impls:
+                status, error, backend, count = got.get(name, ("error", "no result", "", None))
+                yield Outcome(name, status, error, backend, instructions=count)
+        self.restarts = self.peer.restarts
+
+    def close(self) -> None:
+        self.peer.close()
+        shutil.rmtree(self.farm, ignore_errors=True)
+
+
 def _worker_env() -> tuple[tuple[str, str], ...]:
     keep = ("TRITON_INTERPRET", "CONVBENCH_COMPILE_MODE", "CUDA_VISIBLE_DEVICES")
     return tuple((k, os.environ[k]) for k in keep if k in os.environ)
-
-
-def finalize(out: Path, rows: list[dict], env: dict) -> None:
-    """results.csv, pytest-benchmark.json and env.json, each by atomic rename."""
-    write_csv(out / "results.csv", rows)
-    atomic_write(out / "pytest-benchmark.json", json.dumps(pytest_benchmark_json(rows, env), indent=1))
-    atomic_write(out / "env.json", json.dumps(env, indent=2))
 
 
 def print_summary(rows: list[dict], out: Path) -> None:

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .stats import NOISY_IQR, median_ci, summarize  # noqa: F401 — re-exported
 from .suites import Timing
-
-NOISY_IQR = 0.10  # an IQR above this fraction of the median earns the row a warning
 
 
 def synchronize(device: str) -> None:
@@ -94,18 +93,6 @@ def take_sample(sampler: Sampler, device: str, flush: L2Flush | None) -> float:
     return (time.perf_counter() - t0) * 1e3 / loops
 
 
-def median_ci(samples: list[float]) -> tuple[float, float]:
-    """Distribution-free 95% confidence interval of the median from order statistics (normal approximation to
-    the binomial); (−inf, inf) with fewer than 6 samples."""
-    n = len(samples)
-    if n < 6:
-        return -math.inf, math.inf
-    s = sorted(samples)
-    half = 0.98 * math.sqrt(n)  # 1.96·√n / 2
-    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
-    return s[lo], s[hi]
-
-
 def converged(samples: list[float], timing: Timing) -> bool:
     if len(samples) < timing.min_samples:
         return False
@@ -140,25 +127,3 @@ def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
     finally:
         if gc_was:
             gc.enable()
-
-
-@dataclass(frozen=True)
-class Stats:
-    median_ms: float
-    iqr_ms: float
-    min_ms: float
-    samples: int
-    ci_low_ms: float
-    ci_high_ms: float
-
-    @property
-    def spread(self) -> float:
-        """IQR relative to the median."""
-        return self.iqr_ms / self.median_ms if self.median_ms > 0 else math.inf
-
-
-def summarize(samples_ms: list[float]) -> Stats:
-    a = np.asarray(samples_ms, dtype=float)
-    q1, med, q3 = np.percentile(a, [25, 50, 75])
-    lo, hi = median_ci(samples_ms)
-    return Stats(float(med), float(q3 - q1), float(a.min()), len(a), lo, hi)

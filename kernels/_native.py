@@ -26,6 +26,8 @@ FLAGS = ("-O3", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
          "-fno-tree-loop-distribute-patterns")  # keep short copy loops inline, not memcpy calls
 #: set to 0 to disable the native helpers (the pure-torch paths then run)
 ENV_SWITCH = "CONVBENCH_NATIVE"
+#: the default -march target (instruction counts under valgrind, which has no AVX-512, use x86-64-v3)
+ENV_ARCH = "CONVBENCH_NATIVE_ARCH"
 
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str], ctypes.CDLL | None] = {}
@@ -64,9 +66,10 @@ def _build(name: str, arch: str) -> ctypes.CDLL:
     return ctypes.CDLL(str(so))
 
 
-def load(name: str, arch: str = "native") -> ctypes.CDLL | None:
-    """The compiled ``csrc/<name>.cpp`` (built once per machine, torch build and ``-march`` target), or None when it
-    cannot be used."""
+def load(name: str, arch: str | None = None) -> ctypes.CDLL | None:
+    """The compiled ``csrc/<name>.cpp`` (built once per machine, torch build and ``-march`` target, by default
+    ``$CONVBENCH_NATIVE_ARCH`` or ``native``), or None when it cannot be used."""
+    arch = arch or os.environ.get(ENV_ARCH, "native")
     key = (name, arch)
     with _lock:
         if key not in _loaded:
@@ -82,8 +85,9 @@ def load(name: str, arch: str = "native") -> ctypes.CDLL | None:
         return _loaded[key]
 
 
-def reason(name: str, arch: str = "native") -> str | None:
+def reason(name: str, arch: str | None = None) -> str | None:
     """Why ``load(name, arch)`` returned None (None when it loaded)."""
+    arch = arch or os.environ.get(ENV_ARCH, "native")
     load(name, arch)
     return _reasons.get((name, arch))
 

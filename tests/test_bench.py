@@ -17,11 +17,13 @@ import pandas as pd
 import pytest
 
 from bench.cases import Case
-from bench.compare import compare_frames, verdict
+from bench.compare import compare_frames
 from bench.measure import Outcome
-from bench.results import COLUMNS, make_row, read_jsonl
+from bench.results import make_row
+from bench.schema import COLUMNS, read_jsonl
+from bench.stats import Ratio, classify, median_ci, summarize
 from bench.suites import SUITES, suite_hash
-from bench.timing import converged, median_ci, summarize
+from bench.timing import converged
 from reference import ConvProblem, PoolProblem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,10 +85,12 @@ def test_median_interval_and_stopping_rule():
 
 
 def test_verdicts():
-    assert verdict(1.5, 1.4, 1.6, 1e-6, 0.1, 0.01) == "slower"
-    assert verdict(0.5, 0.45, 0.55, 1e-6, 0.1, 0.01) == "faster"
-    assert verdict(1.01, 0.98, 1.04, 0.5, 0.1, 0.01) == "same"
-    assert verdict(1.3, 0.8, 1.9, 0.2, 0.1, 0.01) == "ambiguous"
+    assert classify(Ratio(1.5, 1.4, 1.6, 1e-6, 20), 0.1) == "slower"
+    assert classify(Ratio(0.5, 0.45, 0.55, 1e-6, 20), 0.1) == "faster"
+    assert classify(Ratio(1.01, 0.98, 1.04, 0.5, 20), 0.1) == "same"
+    assert classify(Ratio(1.3, 0.8, 1.9, 0.2, 20), 0.1) == "ambiguous"
+    # a change smaller than the drift the control rows show between two runs is never a regression
+    assert classify(Ratio(1.15, 1.12, 1.18, 1e-6, 20), 0.1, drift=0.2) == "ambiguous"
 
 
 def test_compare_flags_a_real_slowdown_and_not_noise():
