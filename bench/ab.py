@@ -152,9 +152,13 @@ class ABRun:
     def threshold(self, op: str, metric: str) -> float:
         return self.thresholds.get((metric, op), self.thresholds[(metric, None)])
 
-    def _peers(self, env: dict | None = None, prefix=None, tag: str = "") -> dict[str, Peer]:
-        return {k: Peer(f"{k} ({s.spec})", make_farm(self.tmp / f"farm-{k}{tag}", s.checkout), self.device,
-                        self.threads, env, prefix, start_timeout=max(self.timeout, 600.0))
+    def _peers(self) -> dict[str, Peer]:
+        """Both sides on the same cores — all but the first, which is left to the OS and this process — so that
+        neither side gets a core the other never sees; they take turns, so they never compete."""
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        pin = set(cpus[1:]) if len(cpus) > self.threads else None
+        return {k: Peer(f"{k} ({s.spec})", make_farm(self.tmp / f"farm-{k}", s.checkout), self.device,
+                        self.threads, None, None, start_timeout=max(self.timeout, 600.0), cpus=pin)
                 for k, s in self.sides.items()}
 
     def log(self, text: str) -> None:
@@ -175,6 +179,11 @@ class ABRun:
             by_case: dict[str, list[Pair]] = {}
             for p in suspects:
                 by_case.setdefault(p.case.key, []).append(p)
+            if by_case:  # fresh processes: a bias of one process (its memory layout, its core) must not confirm itself
+                for p in peers.values():
+                    p.close()
+                peers = self._peers()
+                info = {k: p.start() for k, p in peers.items()}
             for j, (key, group) in enumerate(by_case.items(), 1):
                 self._measure_case(peers, info, group[0].case, group)
                 self.log(f"[confirm {j}/{len(by_case)}] {key}: " + " ".join(f"{p.impl}={p.verdict}" for p in group))

@@ -49,8 +49,9 @@ class Peer:
     """The parent's handle on one peer process."""
 
     def __init__(self, label: str, farm: Path, device: str, threads: int, env: dict[str, str] | None = None,
-                 prefix: list[str] | None = None, start_timeout: float = 600.0) -> None:
+                 prefix: list[str] | None = None, start_timeout: float = 600.0, cpus: set[int] | None = None) -> None:
         self.label, self.farm, self.device, self.threads = label, Path(farm), device, threads
+        self.cpus = cpus
         self.env, self.prefix, self.start_timeout = dict(env or {}), list(prefix or []), start_timeout
         self.proc: subprocess.Popen | None = None
         self.conn: Connection | None = None
@@ -65,6 +66,8 @@ class Peer:
         self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=env, cwd=self.farm,
                                      stdout=subprocess.DEVNULL, stderr=None)
         theirs.close()
+        if self.cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(self.proc.pid, self.cpus)  # threads it starts inherit the mask
         self.conn = Connection(ours.detach())
         self.info = self._reply(self.start_timeout, "starting")
         return self.info
