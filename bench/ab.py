@@ -83,6 +83,7 @@ class Pair:
     note: str = ""
     stats: object = None
     instructions: dict = field(default_factory=dict)
+    first_rounds: tuple = ((), ())
 
 
 # ---- sides ------------------------------------------------------------------------------------------------------
@@ -238,8 +239,9 @@ class ABRun:
     def _rounds(self, peers, prep, pairs: list[Pair], fresh: bool) -> None:
         from .timing import calibrate_loops
 
-        if fresh:
+        if fresh:  # keep the first measurement's rounds aside; the confirmation is judged on its own rounds
             for p in pairs:
+                p.first_rounds = (p.base_ms, p.new_ms)
                 p.base_ms, p.new_ms = [], []
         loops = {p.impl: calibrate_loops(min(prep["base"]["ready"][p.impl]["call_ms"],
                                              prep["new"]["ready"][p.impl]["call_ms"]),
@@ -285,7 +287,13 @@ class ABRun:
             p.first = p.verdict = v
             return
         p.verdict = confirm(p.first, v) if p.first in ("slower", "faster", "ambiguous") else v
-        p.note = (f"first {p.first}, confirmation {v} ({len(p.base_ms)} fresh rounds)" if p.first != "same" else "")
+        p.note = f"first {p.first}, confirmation {v} ({len(p.base_ms)} fresh rounds)" if p.first != "same" else ""
+        if p.first == v == "ambiguous" and p.stats is not None:  # neither settles it alone: judge all the rounds
+            base, new = [*p.first_rounds[0], *p.base_ms], [*p.first_rounds[1], *p.new_ms]
+            p.base_ms, p.new_ms = base, new
+            p.stats = paired_ratio(np.array(base), np.array(new), self.rng)
+            p.verdict = classify(p.stats, self.threshold(p.case.op, "time"))
+            p.note += f"; {p.verdict} over all {len(base)} rounds of both"
 
     # -- instructions --
     def instructions(self, out_dir: Path) -> tuple[list[Pair], dict]:

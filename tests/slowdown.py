@@ -1,0 +1,84 @@
+"""A scratch checkout in which one implementation is made a known fraction slower — the detection target of
+``bench ab`` (``python tests/slowdown.py DEST IMPL FRACTION``, then ``bench ab HEAD DEST``).
+
+The copy of ``kernels/`` and ``reference/`` gets a few lines appended to ``kernels/<IMPL>.py`` that wrap the
+registered object's conv2d / max_pool2d / avg_pool2d: after each forward call it spins for FRACTION of that call's
+own time, and in the backward an identity autograd node on the inputs spins for FRACTION of the time since the
+backward reached the output (a hook marks it), so forward and backward both take FRACTION longer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PATCH = '''
+
+# ---- test-only slowdown (tests/slowdown.py) ----------------------------------------------------------------------
+def _slow_down(impl, fraction):
+    import time as _time
+
+    def spin(seconds):
+        end = _time.perf_counter() + seconds
+        while _time.perf_counter() < end:
+            pass
+
+    class _Mark(torch.autograd.Function):  # identity; its backward spins for a fraction of the op's backward
+        @staticmethod
+        def forward(ctx, clock, *xs):
+            ctx.clock = clock
+            return xs if len(xs) > 1 else xs[0]
+
+        @staticmethod
+        def backward(ctx, *grads):
+            if ctx.clock:
+                spin(fraction * (_time.perf_counter() - ctx.clock[-1]))
+            return (None, *grads)
+
+    def wrap(fn):
+        def slowed(input, *args, **kwargs):
+            clock = []
+            leaves = [a for a in (input, *args) if isinstance(a, torch.Tensor) and a.requires_grad]
+            if leaves:
+                marked = _Mark.apply(clock, *leaves)
+                marked = marked if isinstance(marked, tuple) else (marked,)
+                swap = dict(zip(map(id, leaves), marked))
+                input, args = swap.get(id(input), input), tuple(swap.get(id(a), a) for a in args)
+            t0 = _time.perf_counter()
+            out = fn(input, *args, **kwargs)
+            spin(fraction * (_time.perf_counter() - t0))
+            first = out[0] if isinstance(out, tuple) else out
+            if leaves and first.requires_grad:
+                first.register_hook(lambda g: clock.append(_time.perf_counter()))
+            return out
+        return slowed
+
+    for name in ("conv2d", "max_pool2d", "avg_pool2d"):
+        setattr(impl, name, wrap(getattr(impl, name)))
+
+
+_slow_down(__import__("kernels")._REGISTRY[@CLASS@.name], @FRACTION@)
+'''
+
+
+def make(dest: Path, impl: str, fraction: float) -> Path:
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for pkg in ("kernels", "reference"):
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    module = dest / "kernels" / f"{impl if impl != 'compile' else 'torch_compile'}.py"
+    text = module.read_text()
+    cls = next(line.split()[1].split("(")[0] for line, prev in zip(text.splitlines()[1:], text.splitlines())
+               if prev.strip() == "@register" and line.startswith("class "))
+    module.write_text(text + PATCH.replace("@CLASS@", cls).replace("@FRACTION@", repr(fraction)))
+    return dest
+
+
+if __name__ == "__main__":
+    d, name, frac = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    print(make(Path(d), name, frac))
