@@ -60,11 +60,23 @@ def plot(session: nox.Session) -> None:
 
 @nox.session
 def compare(session: nox.Session) -> None:
-    """Compare two runs case by case and flag regressions: ``nox -s compare -- BASE NEW [--threshold 0.10]``."""
-    if len(session.posargs) < 2:
-        session.error("usage: nox -s compare -- BASE_DIR NEW_DIR [--threshold 0.10]")
+    """Compare two stored runs case by case, normalised by the library measured in the same rounds, and flag
+    regressions: ``nox -s compare -- BASE NEW [--threshold 0.10] [--json FILE]`` (one run: against its baseline)."""
+    if not session.posargs:
+        session.error("usage: nox -s compare -- [BASE_DIR] NEW_DIR [--threshold 0.10]")
     py = _python(session)
     session.run(py, "-m", "bench", "compare", *session.posargs, external=True)
+
+
+@nox.session
+def ab(session: nox.Session) -> None:
+    """The CI regression gate: two revisions timed interleaved in one invocation, suspects confirmed, e.g.
+    ``nox -s ab -- origin/main HEAD`` or ``nox -s ab -- --merge-base origin/main --metric time instructions``
+    (smoke suite by default; exit 1 on a confirmed regression)."""
+    if not session.posargs:
+        session.error("usage: nox -s ab -- BASE NEW [bench ab options] | --merge-base REF [options]")
+    py = _python(session)
+    session.run(py, "-m", "bench", "ab", *session.posargs, external=True)
 
 
 @nox.session

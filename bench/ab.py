@@ -87,8 +87,8 @@ class Pair:
 
 
 # ---- sides ------------------------------------------------------------------------------------------------------
-def _git(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+def _git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=120)
 
 
 def cache_dir() -> Path:

@@ -130,13 +130,14 @@ def read_rows(run_dir: Path) -> pd.DataFrame:
 
 
 def pytest_benchmark_json(rows: Iterable[dict], env: dict) -> dict:
-    """The run in pytest-benchmark's JSON format: one benchmark per ok row, stats in seconds."""
+    """The run in pytest-benchmark's JSON format: one benchmark per timed ok row, stats in seconds (rows of an
+    instruction-count run carry no times and are left out: the format has no field for a count)."""
     from pytest_benchmark import __version__
     from pytest_benchmark.stats import Stats
 
     benchmarks = []
     for r in rows:
-        if r["status"] != "ok":
+        if r["status"] != "ok" or not str(r.get("times_ms") or "").split():
             continue
         stats = Stats()
         for t in str(r["times_ms"]).split():
@@ -183,13 +184,24 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
         return ok
     out = []
     for _, grp in ok.groupby("case_key", sort=False):
-        best = grp.loc[grp["median_ms"].astype(float).idxmin()]
+        ms = pd.to_numeric(grp["median_ms"], errors="coerce")
+        if ms.isna().all() and "instructions" in grp:  # an instruction-count run: fewest instructions wins
+            counts = pd.to_numeric(grp["instructions"], errors="coerce")
+            if counts.isna().all():
+                continue
+            best = grp.loc[counts.idxmin()]
+            entry = {"case": case_label(best), "best": best["impl"], "throughput": ""}
+            for (_, r), n in zip(grp.iterrows(), counts):
+                entry[r["impl"]] = f"{n / 1e6:.4g} M instr" if n == n else ""
+            out.append(entry)
+            continue
+        best = grp.loc[ms.idxmin()]
         rate = (f"{float(best['gflops']):.3g} GFLOP/s" if best["op"].startswith("conv")
                 else f"{float(best['images_per_s']):.3g} img/s" if best["op"] == "train_step"
                 else f"{float(best['gbps']):.3g} GB/s")
         entry = {"case": case_label(best), "best": best["impl"], "throughput": rate}
-        for _, r in grp.iterrows():
-            entry[r["impl"]] = f"{float(r['median_ms']):.3g} ms"
+        for (_, r), v in zip(grp.iterrows(), ms):
+            entry[r["impl"]] = f"{v:.3g} ms" if v == v else ""
         out.append(entry)
     return pd.DataFrame(out)
 

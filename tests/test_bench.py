@@ -247,7 +247,7 @@ def test_shards_partition_the_suite_and_merge_back(tmp_path):
     (["run", "--where", "colour=red"], "--where"),
     (["run", "--where", "batch=12345"], "no case"),
     (["run", "--suite", "nope"], "invalid choice"),
-    (["compare", "a"], "required"),
+    (["compare", "a"], "cannot read a"),
 ])
 def test_bad_usage_exits_2_with_a_message(args, message, tmp_path):
     proc = bench(*args, "--out", tmp_path / "x") if args[0] == "run" and "--suite" not in args else bench(*args)
