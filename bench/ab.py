@@ -39,7 +39,7 @@ import numpy as np
 
 from .peer import Peer, PeerError, make_farm
 from .schema import UsageError, atomic_write
-from .stats import classify, confirm, paired_ratio
+from .stats import classify, confirm, paired_ratio, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_THRESHOLD = {"time": 0.05, "instructions": 0.01}
@@ -288,12 +288,13 @@ class ABRun:
             return
         p.verdict = confirm(p.first, v) if p.first in ("slower", "faster", "ambiguous") else v
         p.note = f"first {p.first}, confirmation {v} ({len(p.base_ms)} fresh rounds)" if p.first != "same" else ""
-        if p.first == v == "ambiguous" and p.stats is not None:  # neither settles it alone: judge all the rounds
-            base, new = [*p.first_rounds[0], *p.base_ms], [*p.first_rounds[1], *p.new_ms]
-            p.base_ms, p.new_ms = base, new
-            p.stats = paired_ratio(np.array(base), np.array(new), self.rng)
-            p.verdict = classify(p.stats, self.threshold(p.case.op, "time"))
-            p.note += f"; {p.verdict} over all {len(base)} rounds of both"
+        if p.stats is not None and "ambiguous" in {p.first, v}:
+            verdict, pooled = settle(p.first, v, p.first_rounds, (p.base_ms, p.new_ms),
+                                     self.threshold(p.case.op, "time"), self.rng)
+            if pooled is not None:
+                p.verdict, p.stats = verdict, pooled
+                p.base_ms, p.new_ms = [*p.first_rounds[0], *p.base_ms], [*p.first_rounds[1], *p.new_ms]
+                p.note += f"; {classify(pooled, self.threshold(p.case.op, 'time'))} over all {pooled.n} rounds of both"
 
     # -- instructions --
     def instructions(self, out_dir: Path) -> tuple[list[Pair], dict]:

@@ -173,7 +173,8 @@ def case_label(r) -> str:
     if r["op"].startswith("conv"):
         geo += f" →{r['out_channels']}" + (f" g{r['groups']}" if str(r["groups"]) != "1" else "")
     else:
-        geo += " " + " ".join(o for o in str(r["options"]).split() if not o.endswith("=0"))
+        opts = " ".join(o for o in str(r["options"]).split() if not o.endswith("=0"))
+        geo += f" {opts}" if opts else ""
     return f"{r['op']} {shape} {geo} {r['layout']} {r['dtype']}"
 
 

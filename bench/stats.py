@@ -155,6 +155,25 @@ def confirm(first: str, second: str) -> str:
     return "ambiguous"
 
 
+def settle(first: str, second: str, first_rounds, second_rounds, threshold: float, rng: np.random.Generator,
+           alpha: float = 0.01) -> tuple[str, Ratio | None]:
+    """The verdict of a paired A/B after its confirmation, and the pooled ratio when pooling decided it.
+
+    Two measurements that agree, or a confirmation that finds no change, settle it (``confirm``). Where one of them
+    is ambiguous and the other is not contradicted, all rounds of both are judged together: a change is flagged only
+    when the pooled rounds say the same as the measurement that was not ambiguous (two ambiguous measurements take
+    the pooled verdict). ``*_rounds`` are (base, new) sample lists."""
+    pair = {first, second}
+    if "ambiguous" not in pair or not pair <= {"ambiguous", "slower", "faster"}:
+        return confirm(first, second), None
+    base = np.asarray([*first_rounds[0], *second_rounds[0]], float)
+    new = np.asarray([*first_rounds[1], *second_rounds[1]], float)
+    pooled = paired_ratio(base, new, rng)
+    verdict = classify(pooled, threshold, alpha)
+    wanted = (pair - {"ambiguous"}) or {verdict}
+    return (verdict if verdict in wanted else "ambiguous"), pooled
+
+
 def control_drift(log_ratios: np.ndarray, normalized: bool) -> float:
     """Between-run drift seen in the control rows (log scale): without normalisation, how far the control moved
     (median |log ratio|); with it, how unevenly it moved across cases (median absolute deviation of the log
