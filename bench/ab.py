@@ -339,6 +339,15 @@ class ABRun:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def window_calls(case) -> int:
+    """Calls in one instruction-count window, from the case alone so that both sides of an A/B count the same
+    window (the first call of a window costs more than the rest, so per-call counts of windows of different lengths
+    differ by up to 1%): 20 calls for cases up to 10⁸ FLOPs or bytes — per-call counts of a 5-call window varied by
+    0.15% between processes here, of a 20-call window by 0.03% — and fewer, down to 3, for larger ones."""
+    work = max(case.flops(), case.bytes_moved(), 1)
+    return max(3, min(20, int(2e9 / work)))
+
+
 def count_cases(peer: Peer, cases, impls, timing, seed, timeout):
     """Instruction counts in one peer process (under valgrind), case by case: validate and warm up as for timing,
     then one window of a few calls per implementation. Yields (case, {impl: (status, error, backend, count)})."""
@@ -354,7 +363,7 @@ def count_cases(peer: Peer, cases, impls, timing, seed, timeout):
         for o in prep["failed"]:
             counts[o.impl] = (o.status, o.error, o.backend, None)
         for n, r in prep["ready"].items():
-            calls = max(1, min(5, int(200 / max(r["call_ms"], 1e-3))))  # a window of ≤ 5 calls
+            calls = window_calls(case)
             try:
                 counts[n] = ("ok", "", r["backend"], peer.request(("count", n, calls), timeout, f"counting {n}"))
             except PeerError as exc:
