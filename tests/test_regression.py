@@ -16,7 +16,7 @@ import pytest
 
 from bench import ab
 from bench.compare import compare_frames, compare_runs
-from bench.schema import UsageError, write_csv
+from bench.schema import UsageError, read_rows, write_csv
 from bench.stats import Ratio, classify, confirm, control_drift, paired_ratio, settle, unpaired_ratio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +91,38 @@ def test_an_ambiguous_measurement_is_settled_on_the_pooled_rounds_only_when_they
     assert settle("ambiguous", "slower", same_a, same_b, 0.05, rng)[0] == "ambiguous"
     assert settle("slower", "faster", clear, clear, 0.05, rng) == ("ambiguous", None)  # contradiction: no pooling
     assert settle("slower", "same", clear, same_a, 0.05, rng) == ("same", None)
+
+
+# ---- the committed A/A measurements of this VM (results/cpu/epyc-2vcpu-2026-12-02-regression) ----------------------
+CAMPAIGN = ROOT / "results" / "cpu" / "epyc-2vcpu-2026-12-02-regression"
+
+
+def test_real_interleaved_aa_samples_are_not_a_regression():
+    """The raw paired samples of ten `bench ab HEAD HEAD` smoke runs on this VM, judged again: no verdict at all."""
+    verdicts = []
+    for path in sorted(CAMPAIGN.glob("ab-aa/*/ab.json")):
+        for r in json.loads(path.read_text()):
+            if r["base_samples"]:
+                base, new = (np.array(r[k].split(), float) for k in ("base_samples", "new_samples"))
+                verdicts.append(classify(paired_ratio(base, new, np.random.default_rng(0)), 0.05))
+    assert len(verdicts) >= 400
+    assert verdicts.count("slower") + verdicts.count("faster") == 0
+    assert verdicts.count("ambiguous") <= 0.10 * len(verdicts)
+
+
+def test_real_back_to_back_stored_runs_rarely_give_a_verdict():
+    """Five back-to-back smoke runs of one commit, compared pairwise with the library as control: before the
+    normalisation half of all pairs got a verdict; now at most a few in a hundred do, and the rest is honest
+    (same or ambiguous)."""
+    runs = sorted(CAMPAIGN.glob("runs-aa/*/results.csv"))
+    assert len(runs) == 5
+    false = total = 0
+    for a, b in zip(runs, runs[1:]):
+        out = compare_frames(read_rows(a.parent), read_rows(b.parent), 0.10, normalize="cudnn")
+        mine = out[~out["verdict"].isin(["control", "unsupported"])]
+        total += len(mine)
+        false += mine["verdict"].isin(["slower", "faster"]).sum()
+    assert total >= 100 and false <= 0.05 * total, (false, total)
 
 
 # ---- stored runs (bench compare) -------------------------------------------------------------------------------------
