@@ -174,6 +174,18 @@ def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=PRECISION)
 
 
+def autotune(configs, **kwargs):
+    """``triton.autotune`` keyed on every argument of the kernel except its pointers and the meta-parameters the
+    configs set: shape, strides (layout), stride, padding, dilation, kernel size and the constexpr flags all change
+    which config is best, so a long-lived process never reuses one problem's tuning for another."""
+    meta = set().union(*(c.kwargs for c in configs))
+
+    def decorate(fn):
+        key = [a for a in fn.arg_names if not a.endswith("_ptr") and a not in meta]
+        return triton.autotune(configs=configs, key=key, **kwargs)(fn)
+    return decorate
+
+
 # ---- forward ------------------------------------------------------------------------------------------------------
 # Implicit GEMM: y[m, k] = Σ_{r, s, c} x[n, g·Cg + c, p·sh − pt + r·dh, q·sw − pl + s·dw] · w[g·Kg + k, c, r, s] with
 # m = (n, p, q). One program owns a BLOCK_M (pixels) × BLOCK_N (output channels of group g) tile; the A tile is
@@ -181,8 +193,7 @@ def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 # Traffic: each input element is read once per tap that covers it and per BLOCK_N tile column (R·S·⌈Kg/BLOCK_N⌉
 # times, mostly from L2), the weight once per BLOCK_M row of tiles, the output written once with the bias and
 # ReLU applied in registers.
-@triton.autotune(configs=FWD_CONFIGS, key=["GEMM_M", "GEMM_N", "GEMM_RED", "H", "W", "R", "S", "FLAT_K", "PRECISION"],
-                 prune_configs_by={"early_config_prune": _prune_gemm})
+@autotune(FWD_CONFIGS, prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
 def _conv_fwd_gemm_kernel(
     a_ptr, w_ptr, b_ptr, y_ptr,
@@ -255,7 +266,7 @@ def _conv_fwd_gemm_kernel(
 # pixels × BLOCK_N output channels (any groups) and does R·S·Cg rank-1 updates on the FMA units — no tile padding
 # to the tensor-core minimum of 16. Traffic: each input element read R·S times (L1/L2 hits after the first), the weight
 # once per program, the output written once.
-@triton.autotune(configs=DIRECT_CONFIGS, key=["M", "K", "Cg", "Kg", "H", "W", "R", "S"], prune_configs_by=TUNING)
+@autotune(DIRECT_CONFIGS, prune_configs_by=TUNING)
 @triton.jit
 def _conv_fwd_direct_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
@@ -320,9 +331,7 @@ def _live_taps(phase, pad, dil, stride, step, T: tl.constexpr):
 # once per live tap and BLOCK_N column of tiles, the weight once per tile row, dx written once (no zero-fill, no
 # atomics). RELU_MASK (the fused conv+ReLU's backward) zeroes dy where the saved output y ≤ 0, reading y alongside
 # dy instead of materialising a masked copy of dy.
-@triton.autotune(configs=DGRAD_CONFIGS,
-                 key=["GEMM_M", "GEMM_N", "GEMM_RED", "H", "W", "R", "S", "str_h", "str_w", "PRECISION"],
-                 prune_configs_by={"early_config_prune": _prune_gemm})
+@autotune(DGRAD_CONFIGS, prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
 def _conv_dgrad_gemm_kernel(
     a_ptr, w_ptr, y_ptr, dx_ptr,
@@ -383,8 +392,7 @@ def _conv_dgrad_gemm_kernel(
 # dx[m, c] = Σ_{live r, s} Σ_{j < Kg} dy[n, g(c)·Kg + j, p, q] · w[g(c)·Kg + j, c mod Cg, r, s]. One program owns
 # BLOCK_M pixels of one phase × BLOCK_N input channels. Traffic: dy read once per live tap (cache hits after the first),
 # the weight once per program, dx written once.
-@triton.autotune(configs=DIRECT_CONFIGS, key=["M", "C", "Cg", "Kg", "H", "W", "R", "S", "str_h", "str_w"],
-                 prune_configs_by=TUNING)
+@autotune(DIRECT_CONFIGS, prune_configs_by=TUNING)
 @triton.jit
 def _conv_dgrad_direct_kernel(
     dy_ptr, w_ptr, y_ptr, dx_ptr,
@@ -442,9 +450,7 @@ def _conv_dgrad_direct_kernel(
 # straight into dw. HAS_BIAS: the programs of tile column 0 and tap 0 also row-sum the dy tile they already hold
 # — the bias gradient for free. Traffic: dy read once per tile column and tap, x once per tile row, the partials
 # written once and read once.
-@triton.autotune(configs=WGRAD_CONFIGS,
-                 key=["GEMM_M", "GEMM_N", "GEMM_RED", "rows_per_split", "R", "S", "FLAT", "PRECISION"],
-                 prune_configs_by={"early_config_prune": _prune_gemm})
+@autotune(WGRAD_CONFIGS, prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
 def _conv_wgrad_gemm_kernel(
     a_ptr, x_ptr, y_ptr, dw_ptr, db_ptr,
@@ -523,8 +529,7 @@ def _conv_wgrad_gemm_kernel(
 # BLOCK_N output channels (any groups) of one (tap, j) pair and one split of the L = N·P·Q rows; it multiplies
 # BLOCK_K×BLOCK_N tiles elementwise and reduces over the rows once at the end. Traffic: dy read R·S·Cg times, x
 # once per tap, partials as in the GEMM version; program (tap 0, j 0) also sums dy for the bias gradient.
-@triton.autotune(configs=WGRAD_DIRECT_CONFIGS, key=["L", "K", "Cg", "Kg", "rows_per_split", "R", "S"],
-                 prune_configs_by=TUNING)
+@autotune(WGRAD_DIRECT_CONFIGS, prune_configs_by=TUNING)
 @triton.jit
 def _conv_wgrad_direct_kernel(
     dy_ptr, x_ptr, y_ptr, dw_ptr, db_ptr,

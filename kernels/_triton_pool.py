@@ -17,7 +17,7 @@ import triton.language as tl
 
 from reference import PoolProblem
 
-from ._triton_conv import INTERPRETED, TUNING, acc_dtype, batch_chunks, launches, memory_format
+from ._triton_conv import INTERPRETED, TUNING, acc_dtype, autotune, batch_chunks, launches, memory_format
 
 
 @triton.jit
@@ -42,8 +42,6 @@ POOL_CONFIGS = [_cfg(32, 64, 4), _cfg(16, 128, 4), _cfg(64, 64, 8), _cfg(8, 256,
 if INTERPRETED:  # one config: autotuning the interpreter would time numpy
     POOL_CONFIGS = [_cfg(256, 16, 1)]
 
-POOL_KEY = ["NC", "C", "H", "W", "P", "Q", "str_h", "str_w"]
-
 
 # max_pool2d forward: out[n, c, p, q] = max over taps (i, j) of x[n, c, p·sh − ph + i·dh, q·sw − pw + j·dw], and
 # the flat index h·W + w of the winner. Same rule as ATen: a tap replaces the running maximum when it is greater
@@ -51,7 +49,7 @@ POOL_KEY = ["NC", "C", "H", "W", "P", "Q", "str_h", "str_w"]
 # first in-range tap, which stays the answer when nothing beats −inf (including a dilated window that misses the
 # input). One program owns BLOCK_M output pixels × BLOCK_C planes. Traffic: x read kh·kw/(sh·sw) times (cache
 # hits after the first), values (and int64 indices) written once.
-@triton.autotune(configs=POOL_CONFIGS, key=POOL_KEY, prune_configs_by=TUNING)
+@autotune(POOL_CONFIGS, prune_configs_by=TUNING)
 @triton.jit
 def _max_pool_fwd_kernel(
     x_ptr, y_ptr, i_ptr,
@@ -91,7 +89,7 @@ def _max_pool_fwd_kernel(
 # q·sw = w + pw − j·dw land on an output and that window's saved index is h·W + w. Windows that do not contain the
 # pixel are never visited, so empty (−inf) windows give no gradient. One program owns BLOCK_M input pixels ×
 # BLOCK_C planes. Traffic: indices and dy read kh·kw times (cache hits after the first), dx written once.
-@triton.autotune(configs=POOL_CONFIGS, key=POOL_KEY, prune_configs_by=TUNING)
+@autotune(POOL_CONFIGS, prune_configs_by=TUNING)
 @triton.jit
 def _max_pool_bwd_kernel(
     dy_ptr, i_ptr, dx_ptr,
@@ -142,7 +140,7 @@ def _avg_divisor(p, q, H, W, str_h, str_w, pad_h, pad_w, divisor,
 # avg_pool2d forward: out[n, c, p, q] = Σ_taps x[n, c, p·sh − ph + i, q·sw − pw + j] / divisor(p, q), the sum in
 # fp32 (fp64 for fp64) with padding taps masked to 0. One program owns BLOCK_M output pixels × BLOCK_C planes.
 # Traffic: x read kh·kw/(sh·sw) times (cache hits after the first), the output written once.
-@triton.autotune(configs=POOL_CONFIGS, key=POOL_KEY, prune_configs_by=TUNING)
+@autotune(POOL_CONFIGS, prune_configs_by=TUNING)
 @triton.jit
 def _avg_pool_fwd_kernel(
     x_ptr, y_ptr,
@@ -173,7 +171,7 @@ def _avg_pool_fwd_kernel(
 # avg_pool2d backward as a gather: dx[n, c, h, w] = Σ over taps (i, j) of dy[n, c, p, q] / divisor(p, q) where
 # p·sh = h + ph − i and q·sw = w + pw − j land on an output. One program owns BLOCK_M input pixels × BLOCK_C
 # planes. Traffic: dy read kh·kw/(sh·sw) times (cache hits after the first), dx written once.
-@triton.autotune(configs=POOL_CONFIGS, key=POOL_KEY, prune_configs_by=TUNING)
+@autotune(POOL_CONFIGS, prune_configs_by=TUNING)
 @triton.jit
 def _avg_pool_bwd_kernel(
     dy_ptr, dx_ptr,

@@ -441,3 +441,20 @@ def test_max_pool_matches_cudnn_exactly_on_gpu(case, untuned):
     assert torch.equal(v, tv) and torch.equal(i, ti)
     g = torch.randn_like(v)
     assert torch.equal(torch.autograd.grad(v, [x], g)[0], torch.autograd.grad(tv, [x], g)[0])
+
+
+def test_every_autotune_key_holds_every_argument_that_can_change_the_best_config():
+    """A long-lived worker tunes once per key: a key without stride, padding, dilation, kernel size, layout
+    (strides) or a constexpr flag would reuse one problem's tuning for another."""
+    from triton.runtime.autotuner import Autotuner
+
+    import kernels._triton_pool as tp
+
+    tuned = [(n, k) for mod in (tc, tp) for n, k in vars(mod).items() if isinstance(k, Autotuner)]
+    assert len(tuned) >= 10
+    for name, kernel in tuned:
+        meta = set().union(*(c.kwargs for c in kernel.configs))
+        wanted = {a for a in kernel.arg_names if not a.endswith("_ptr") and a not in meta}
+        assert wanted <= set(kernel.keys), (name, sorted(wanted - set(kernel.keys)))
+        geometry = {"str_h", "pad_h", "dil_h", "R", "KH"} & set(kernel.arg_names)
+        assert geometry and geometry <= set(kernel.keys), name
