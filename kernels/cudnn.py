@@ -21,7 +21,9 @@ _BACKEND_NAMES = {"mkldnn": "onednn", "cudnn": "cudnn", "miopen": "miopen", "slo
 
 
 def conv_backend(p: ConvProblem, device) -> str:
-    """Ask ATen which convolution backend it picks for this problem on this device (meta tensors, no work done)."""
+    """Ask ATen which convolution backend it picks for this problem on this device. The probe allocates real,
+    uninitialised tensors of the problem's shapes on the device (ATen's choice depends on the device, dtype and
+    memory format, which meta tensors would not show) and computes nothing with them."""
     dt = torch.float32 if p.dtype == "tf32" else getattr(torch, p.dtype)
     fmt = torch.channels_last if p.layout == "channels_last" else torch.contiguous_format
     try:
