@@ -34,6 +34,7 @@ block stays within ``CHUNK_BYTES``, built in one reused workspace.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 
 import torch
@@ -50,18 +51,24 @@ CHUNK_BYTES = 2 << 20
 BLOCK_DIAGONAL_ELEMENTS = 1 << 18
 
 
+@functools.cache
+def _onednn_bf16() -> bool:
+    """oneDNN has bf16 inner products only on CPUs with native bf16 (AVX-512 BF16 / AMX); elsewhere it refuses."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe and probe())
+
+
 def _onednn_ok(a: torch.Tensor) -> bool:
-    return (a.device.type == "cpu" and a.dtype in (torch.float32, torch.bfloat16)
+    return (a.device.type == "cpu" and (a.dtype == torch.float32 or (a.dtype == torch.bfloat16 and _onednn_bf16()))
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def gemm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """a (M × k) @ b (n × k)ᵀ (+ bias): oneDNN's inner product on CPU, else (cu)BLAS addmm/mm."""
+    """a (M × k) @ b (n × k)ᵀ (+ bias): oneDNN's inner product on CPU, else (cu)BLAS addmm/mm. The choice is
+    ``_onednn_ok``'s, the same test ``backend`` reports from; a oneDNN failure is raised, never silently replaced
+    by BLAS under the ``onednn-gemm`` label."""
     if _onednn_ok(a):
-        try:
-            return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
-        except RuntimeError:  # an older or differently built torch: fall back to BLAS
-            pass
+        return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
     return torch.addmm(bias, a, b.t()) if bias is not None else torch.mm(a, b.t())
 
 
