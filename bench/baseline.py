@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .schema import device_key, read_env, read_rows
+from .schema import device_key, load_run
 
 DEFAULT_ROOT = Path("results/baselines")
 #: the files a baseline keeps; plots and report.html (which links the plots) stay with the run
@@ -25,20 +25,7 @@ FILES = ("results.csv", "results.jsonl", "env.json", "pytest-benchmark.json", "r
 
 def _check(run_dir: Path) -> tuple[dict, int]:
     """The run's env and row count, or ValueError saying why it cannot be a baseline."""
-    if not run_dir.is_dir():
-        raise ValueError(f"run_dir {run_dir} is not a directory")
-    try:
-        env = read_env(run_dir)
-    except FileNotFoundError:
-        raise ValueError(f"run_dir {run_dir} has no env.json: not a run directory") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"run_dir {run_dir}: env.json is unreadable ({exc})") from None
-    try:
-        rows = read_rows(run_dir)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"run_dir {run_dir} has no rows: {exc}") from None
-    if rows.empty:
-        raise ValueError(f"run_dir {run_dir} has no rows")
+    env, rows = load_run(run_dir)
     if env.get("complete") is False:
         raise ValueError(f"run_dir {run_dir} is an incomplete run (env.json complete=false): finish it with "
                          "--resume before promoting it")

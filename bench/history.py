@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .schema import device_key, read_env, read_rows
+from . import schema
+from .schema import device_key
 
 DEFAULT_DB = Path("results/history.sqlite")
 SCHEMA_VERSION = 1
@@ -139,21 +140,11 @@ def _number(v) -> float | None:
 
 
 def load_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
-    """env.json and the rows of a run directory, or HistoryError naming what is missing."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise HistoryError(f"run directory {run_dir} does not exist")
+    """env.json and the rows of a run directory (``schema.load_run``), or HistoryError naming what is missing."""
     try:
-        env = read_env(run_dir)
-        rows = read_rows(run_dir)
-    except (OSError, ValueError) as exc:
-        raise HistoryError(f"{run_dir} is not a run directory: {exc}") from exc
-    if rows.empty:
-        raise HistoryError(f"{run_dir} is not a run directory: it has no rows")
-    missing = {"case_key", "impl", "status"} - set(rows.columns)
-    if missing:
-        raise HistoryError(f"{run_dir} is not a run directory: its rows lack {', '.join(sorted(missing))}")
-    return env, rows
+        return schema.load_run(run_dir)
+    except ValueError as exc:
+        raise HistoryError(str(exc)) from None
 
 
 def add(run_dir: Path, db_path: Path = DEFAULT_DB) -> tuple[str, int, bool]:
@@ -367,8 +358,6 @@ def history_command(args) -> int:
     command = getattr(args, "history_command", None)
     db = Path(getattr(args, "db", None) or DEFAULT_DB)
     metric = getattr(args, "metric", None) or "time"
-    if isinstance(metric, (list, tuple)):  # an nargs="+" option: one metric per call here
-        metric = metric[0] if len(metric) == 1 else ",".join(metric)
     filters = {"env_key": getattr(args, "env_key", None), "case_filter": getattr(args, "case", None),
                "impl": getattr(args, "impl", None), "metric": metric}
     try:

@@ -56,6 +56,29 @@ def read_env(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def load_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
+    """env.json and the rows of a run directory, or ValueError saying what is missing (``run_dir …``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run_dir {run_dir} is not a directory")
+    try:
+        env = read_env(run_dir)
+    except FileNotFoundError:
+        raise ValueError(f"run_dir {run_dir} has no env.json: not a run directory") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"run_dir {run_dir}: env.json is unreadable ({exc})") from None
+    try:
+        rows = read_rows(run_dir)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"run_dir {run_dir} has no rows: {exc}") from None
+    if rows.empty:
+        raise ValueError(f"run_dir {run_dir} has no rows")
+    missing = {"case_key", "impl", "status"} - set(rows.columns)
+    if missing:
+        raise ValueError(f"run_dir {run_dir}: its rows lack {', '.join(sorted(missing))}")
+    return env, rows
+
+
 def row_id(row: dict) -> tuple[str, str]:
     return row["case_key"], row["impl"]
 
@@ -185,24 +208,19 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
         return ok
     out = []
     for _, grp in ok.groupby("case_key", sort=False):
-        ms = pd.to_numeric(grp["median_ms"], errors="coerce")
-        if ms.isna().all() and "instructions" in grp:  # an instruction-count run: fewest instructions wins
-            counts = pd.to_numeric(grp["instructions"], errors="coerce")
-            if counts.isna().all():
-                continue
-            best = grp.loc[counts.idxmin()]
-            entry = {"case": case_label(best), "best": best["impl"], "throughput": ""}
-            for (_, r), n in zip(grp.iterrows(), counts):
-                entry[r["impl"]] = f"{n / 1e6:.4g} M instr" if n == n else ""
-            out.append(entry)
+        values = pd.to_numeric(grp["median_ms"], errors="coerce")
+        counted = values.isna().all() and "instructions" in grp  # an instruction-count run: fewest wins
+        if counted:
+            values = pd.to_numeric(grp["instructions"], errors="coerce")
+        if values.isna().all():
             continue
-        best = grp.loc[ms.idxmin()]
-        rate = (f"{float(best['gflops']):.3g} GFLOP/s" if best["op"].startswith("conv")
+        best = grp.loc[values.idxmin()]
+        rate = ("" if counted else f"{float(best['gflops']):.3g} GFLOP/s" if best["op"].startswith("conv")
                 else f"{float(best['images_per_s']):.3g} img/s" if best["op"] == "train_step"
                 else f"{float(best['gbps']):.3g} GB/s")
         entry = {"case": case_label(best), "best": best["impl"], "throughput": rate}
-        for (_, r), v in zip(grp.iterrows(), ms):
-            entry[r["impl"]] = f"{v:.3g} ms" if v == v else ""
+        for (_, r), v in zip(grp.iterrows(), values):
+            entry[r["impl"]] = "" if v != v else f"{v / 1e6:.4g} M instr" if counted else f"{v:.3g} ms"
         out.append(entry)
     return pd.DataFrame(out)
 

@@ -81,9 +81,8 @@ def _slow_down(impl, fraction):
     def repeat(fn):
         every, calls = max(1, round(1 / fraction)), [0]
 
-        def copies(xs, grad):
-            return [x.detach().requires_grad_(grad and x.requires_grad) if isinstance(x, torch.Tensor) else x
-                    for x in xs]
+        def copies(xs):  # detached leaves with the same requires_grad: the twin graph's inputs
+            return [x.detach().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x for x in xs]
 
         def slowed(input, *args, **kwargs):
             calls[0] += 1
@@ -92,7 +91,7 @@ def _slow_down(impl, fraction):
                 fn(input, *args, **kwargs)
             first = out[0] if isinstance(out, tuple) else out
             if first.requires_grad:  # the backward's work once more every `every`-th backward, on a twin graph
-                twin_in = copies((input, *args), True)
+                twin_in = copies((input, *args))
                 twin_out = fn(*twin_in, **kwargs)
                 twin_out = twin_out[0] if isinstance(twin_out, tuple) else twin_out
                 leaves = [t for t in twin_in if isinstance(t, torch.Tensor) and t.requires_grad]
