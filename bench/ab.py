@@ -426,7 +426,8 @@ def _label(case) -> str:
 
 def ab_command(args) -> int:
     """Validate everything (nothing is created on bad usage), then measure; the contract's exit codes."""
-    from .runner import RunOptions, parse_shard, parse_where, select_cases
+    from .runner import RunOptions
+    from .select import parse_shard, parse_where, select_cases
 
     metrics = list(dict.fromkeys(args.metric or ["time"]))
     if args.threshold is not None and not (0 < args.threshold < 1):

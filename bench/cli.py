@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "run":
-            from .runner import RunOptions, parse_shard, parse_where, run
+            from .runner import RunOptions, run
+            from .select import parse_shard, parse_where
 
             resume_dir = args.resume if isinstance(args.resume, str) else None
             if args.resume and not (resume_dir or args.out):

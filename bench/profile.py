@@ -122,7 +122,7 @@ def profile_training(out: Path, impls: list[str], model: str = "simplecnn", batc
 
 
 def profile_command(args) -> int:
-    from .runner import select_impls
+    from .select import select_impls
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print("convbench profile: --device cuda: no CUDA device is available", file=sys.stderr)

@@ -5,8 +5,8 @@
 ('naive', 'im2col', 'cudnn', 'compile', 'triton')
 >>> kernels.get("im2col").conv2d(x, w, stride=2, padding="valid")
 
-Every public module of this package is imported on first use, so adding an implementation is adding one file
-(plus an ``ORDER`` entry to place it in tables); bench, report and compare pick it up unchanged. Implementations
+Every public module of this package is imported on first use, so adding an implementation is adding one module or
+package (plus an ``ORDER`` entry to place it in tables); bench, report and compare pick it up unchanged. Implementations
 that live outside this package are loaded from the modules named in ``CONVBENCH_PLUGINS`` (comma-separated).
 """
 
@@ -45,7 +45,7 @@ def _load() -> None:
         return
     _loaded = True
     for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_") or info.name == "base":
+        if info.name.startswith("_") or info.name == "base":  # helpers, not implementations
             continue
         try:
             importlib.import_module(f"{__name__}.{info.name}")

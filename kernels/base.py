@@ -17,11 +17,6 @@ from reference import ConvProblem, PoolProblem, avg_pool2d_problem, conv2d_probl
 OPS = ("conv2d", "max_pool2d", "avg_pool2d")
 
 
-def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp16/bf16 partial sums are kept in fp32 (as cuDNN does); fp32/fp64 keep their own precision."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def device_type(device) -> str:
     """'cpu' / 'cuda' from a string, torch.device or tensor."""
     if isinstance(device, torch.Tensor):

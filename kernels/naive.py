@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from reference import ConvProblem, PoolProblem
 
 from . import register
-from .base import Implementation, accumulator_dtype
+from ._common import accumulator_dtype
+from .base import Implementation
 
 
 def tap(xp: torch.Tensor, h0: int, w0: int, P: int, Q: int, sh: int, sw: int) -> torch.Tensor:

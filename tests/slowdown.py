@@ -117,7 +117,9 @@ def make(dest: Path, impl: str, fraction: float, mode: str = "spin") -> Path:
     dest.mkdir(parents=True)
     for pkg in ("kernels", "reference"):
         shutil.copytree(ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    module = dest / "kernels" / f"{impl if impl != 'compile' else 'torch_compile'}.py"
+    module = dest / "kernels" / f"{impl}.py"  # the module or package is named as the registry names it
+    if not module.exists():
+        module = dest / "kernels" / impl / "__init__.py"
     text = module.read_text()
     cls = next(line.split()[1].split("(")[0] for line, prev in zip(text.splitlines()[1:], text.splitlines())
                if prev.strip() == "@register" and line.startswith("class "))

@@ -1,4 +1,5 @@
-"""im2col's two CPU paths: the cache-blocked native one (kernels/csrc/im2col_cpu.cpp) and the pure-torch fallback.
+"""im2col's two CPU paths: the cache-blocked native one (kernels/im2col/csrc/im2col_cpu.cpp) and the pure-torch
+fallback.
 
 test_kernels checks im2col on every case through whichever path runs; here every branch of the native code is
 forced — NCHW and NHWC layouts, ungrouped, grouped, depthwise (with and without a channel multiplier, with a channel
@@ -18,7 +19,7 @@ from conftest import ORACLE, check_against_oracle, leaf
 
 import kernels
 import kernels.im2col as im2col_module
-from kernels import _native
+from kernels.im2col import native as _native
 
 IM2COL = kernels.get("im2col")
 

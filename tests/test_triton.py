@@ -22,7 +22,7 @@ from conftest import DEVICES, HAS_CUDA, ORACLE, check_against_oracle, implementa
 
 from reference import ConvProblem, check, oracle
 
-tc = pytest.importorskip("kernels._triton_conv", reason="triton is not installed")
+tc = pytest.importorskip("kernels.triton.conv", reason="triton is not installed")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -326,7 +326,7 @@ SM90_COMPILE = r"""
 import sys
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
-from kernels import _triton_conv as tc, _triton_pool as tp
+from kernels.triton import conv as tc, pool as tp
 DIV16 = {"sxn", "sxh", "sxw", "syn", "syp", "syq", "sdn", "sdp", "sdq", "swk", "swr", "sws", "Cg", "Kg", "GEMM_N"}
 ACC = {"bf16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}
 def build(kernel, dtype, consts, cfg, ptrs=None, ones=("sxc", "syk", "sdk", "swc")):
@@ -448,7 +448,7 @@ def test_every_autotune_key_holds_every_argument_that_can_change_the_best_config
     (strides) or a constexpr flag would reuse one problem's tuning for another."""
     from triton.runtime.autotuner import Autotuner
 
-    import kernels._triton_pool as tp
+    import kernels.triton.pool as tp
 
     tuned = [(n, k) for mod in (tc, tp) for n, k in vars(mod).items() if isinstance(k, Autotuner)]
     assert len(tuned) >= 10

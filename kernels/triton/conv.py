@@ -35,6 +35,9 @@ import triton.language as tl
 
 from reference import ConvProblem
 
+from .._common import batch_slices
+from .._common import output_memory_format as memory_format
+
 #: True when the kernels below are interpreted on the CPU (decided by TRITON_INTERPRET when triton was imported)
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
@@ -637,14 +640,6 @@ def wgrad_path(p: ConvProblem) -> str:
     return conv_path(p)
 
 
-def memory_format(x: torch.Tensor) -> torch.memory_format:
-    """The memory format torch gives a conv/pool output for input ``x``: channels_last when x is channels_last
-    (and not also plain contiguous), else contiguous."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _max_offset(t: torch.Tensor) -> int:
     return sum((d - 1) * abs(s) for d, s in zip(t.shape, t.stride()) if d > 0)
 
@@ -652,8 +647,7 @@ def _max_offset(t: torch.Tensor) -> int:
 def batch_chunks(N: int, *tensors: torch.Tensor) -> list[slice]:
     """Batch slices small enough that every element offset of every tensor fits int32 (one slice almost always)."""
     per_image = max([_max_offset(t) // max(1, t.shape[0]) + 1 for t in tensors] + [1])
-    step = max(1, INT32_LIMIT // (2 * per_image))
-    return [slice(i, min(N, i + step)) for i in range(0, N, step)]
+    return batch_slices(N, 2 * per_image, INT32_LIMIT)
 
 
 def num_sms(device) -> int:

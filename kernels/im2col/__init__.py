@@ -2,7 +2,7 @@
 
 Two paths compute the same thing; the ``backend`` column says which ran.
 
-Native (fp32 on the CPU; kernels/csrc/im2col_cpu.cpp, built with the machine's compiler on first use): the cols
+Native (fp32 on the CPU; kernels/im2col/csrc/im2col_cpu.cpp, built with the machine's compiler on first use): the cols
 matrix is built one L2-sized tile of output pixels at a time and handed straight to ATen's fp32 brgemm micro-kernel
 (oneDNN's ukernel), so cols never reaches DRAM. Two layouts, picked per problem (``_native_layout``):
   NHWC  cols[m, (r, s, c)] (R·S runs of C channels per pixel)   y (pixels × K) = cols @ Wᵀ        — one GEMM/group
@@ -42,8 +42,10 @@ import torch.nn.functional as F
 
 from reference import ConvProblem, PoolProblem
 
-from . import _native, register
-from .base import Implementation, accumulator_dtype
+from .. import register
+from .._common import accumulator_dtype, batch_slices, is_nchw
+from ..base import Implementation
+from . import native as _native
 
 #: cols block built at once (bytes): about one core's L2 (measured best of 0.5/1/2/8/64 MB on a 2-core EPYC)
 CHUNK_BYTES = 2 << 20
@@ -89,8 +91,8 @@ def _cols_buffer(numel: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def _chunks(N: int, bytes_per_image: int) -> list[tuple[int, int]]:
-    step = max(1, CHUNK_BYTES // max(1, bytes_per_image))
-    return [(i, min(N, i + step)) for i in range(0, N, step)] or [(0, 0)]
+    """Batch blocks whose cols fit CHUNK_BYTES; one empty block for N = 0 (the output is still allocated)."""
+    return [(s.start, s.stop) for s in batch_slices(N, bytes_per_image, CHUNK_BYTES)] or [(0, 0)]
 
 
 def _pointwise(p: ConvProblem) -> bool:
@@ -209,7 +211,7 @@ def _col2im(gcols: torch.Tensor, gxp: torch.Tensor, p: ConvProblem) -> None:
             gxp[:, rows, s * dw:s * dw + (p.Q - 1) * sw + 1:sw] += gcols[:, :, :, r, s]
 
 
-# ---- the cache-blocked native path (fp32 on the CPU): kernels/csrc/im2col_cpu.cpp --------------------------------
+# ---- the cache-blocked native path (fp32 on the CPU): csrc/im2col_cpu.cpp -------------------------------------------
 #: cols tile built and consumed at once by the native path (bytes): within L2, so the GEMM reads it from cache
 TILE_BYTES = 64 << 10
 
@@ -245,11 +247,6 @@ def _native_weight(weight: torch.Tensor, p: ConvProblem, transposed: bool) -> to
     return (w.permute(0, 3, 4, 2, 1) if transposed else w.permute(0, 1, 3, 4, 2)).contiguous()
 
 
-def _nchw(x: torch.Tensor) -> bool:
-    """Whether x is (to be) laid out NCHW rather than channels_last."""
-    return not (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
-
-
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     """t in channels_last memory; an NCHW float32 CPU tensor is transposed by the native library (register-blocked,
     about 4× faster than torch's strided copy)."""
@@ -271,14 +268,14 @@ def _native_layout(x: torch.Tensor, p: ConvProblem) -> torch.Tensor:
     per output row and (c, r, s))."""
     stays = ((p.groups > 1 and not _depthwise(p)) or _pointwise(p)
              or (_depthwise(p) and p.K == p.C and p.stride == (1, 1)))
-    if _nchw(x) and stays:
+    if is_nchw(x) and stays:
         return x.contiguous()
     return _channels_last(x)
 
 
 def _native_forward(lib, x: torch.Tensor, weight, bias, p: ConvProblem) -> torch.Tensor:
     """conv on the native path, in the input's own memory format; x is contiguous in it."""
-    N, nchw = x.shape[0], _nchw(x)
+    N, nchw = x.shape[0], is_nchw(x)
     b = bias.contiguous() if bias is not None else None
     threads = ctypes.c_int(torch.get_num_threads())
     if nchw:
@@ -296,7 +293,7 @@ def _native_forward(lib, x: torch.Tensor, weight, bias, p: ConvProblem) -> torch
 
 
 def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w: bool, need_b: bool):
-    N, nchw, G, Kg, Cg = x.shape[0], _nchw(x), p.groups, p.K // p.groups, p.C // p.groups
+    N, nchw, G, Kg, Cg = x.shape[0], is_nchw(x), p.groups, p.K // p.groups, p.C // p.groups
     threads = ctypes.c_int(torch.get_num_threads())
     gb = grad.new_empty(p.K) if need_b else None
     if nchw:

@@ -1,4 +1,4 @@
-"""Build and load the C++ helpers in kernels/csrc/ with the machine's own compiler, on first use.
+"""Build and load the C++ helpers in kernels/im2col/csrc/ with the machine's own compiler, on first use.
 
 The sources include no torch headers (they declare the few ATen symbols they call), so a build takes about a
 second; the shared object is cached under ``$CONVBENCH_CACHE_DIR`` (default ``~/.cache/convbench``) keyed by the

@@ -17,7 +17,8 @@ import triton.language as tl
 
 from reference import PoolProblem
 
-from ._triton_conv import INTERPRETED, TUNING, acc_dtype, autotune, batch_chunks, launches, memory_format
+from .._common import output_memory_format as memory_format
+from .conv import INTERPRETED, TUNING, acc_dtype, autotune, batch_chunks, launches
 
 
 @triton.jit

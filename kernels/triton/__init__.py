@@ -1,6 +1,6 @@
 """triton: our own Triton kernels for conv2d (forward, dgrad, wgrad) and max/avg pooling (forward, backward).
 
-The kernels live in ``_triton_conv`` and ``_triton_pool``; this module registers the implementation, wraps each op
+The kernels live in ``conv`` and ``pool``; this package registers the implementation, wraps each op
 in a ``torch.autograd.Function`` and picks operand layouts and math precision:
 
 - conv2d: implicit GEMM (direct kernel for tiny groups) forward; backward = dgrad (stride-phase implicit GEMM) +
@@ -24,10 +24,10 @@ from torch.autograd.function import once_differentiable
 
 from reference import ConvProblem, PoolProblem
 
-from . import register
+from .. import register
 
 try:
-    from ._triton_conv import (
+    from .conv import (
         INTERPRETED,
         conv2d_dgrad,
         conv2d_forward,
@@ -37,7 +37,7 @@ try:
         precision,
         wgrad_path,
     )
-    from ._triton_pool import (
+    from .pool import (
         avg_pool2d_backward,
         avg_pool2d_forward,
         input_like,
@@ -47,7 +47,7 @@ try:
     MISSING = None
 except ImportError as exc:  # no triton (e.g. macOS, Windows): still registered, unavailable with this reason
     INTERPRETED, MISSING = False, f"triton cannot be imported ({exc}); pip install triton on Linux"
-from .base import Implementation, device_type
+from ..base import Implementation, device_type
 
 
 def _operand(t: torch.Tensor) -> torch.Tensor:
@@ -206,7 +206,7 @@ class Triton(Implementation):
 
     @staticmethod
     def kernel_paths(p: ConvProblem) -> dict[str, str]:
-        """Which kernel computes each part of this conv: 'gemm', 'gemm-flat' or 'direct' (see _triton_conv)."""
+        """Which kernel computes each part of this conv: 'gemm', 'gemm-flat' or 'direct' (see kernels.triton.conv)."""
         return {"forward": conv_path(p), "dgrad": dgrad_path(p), "wgrad": wgrad_path(p)}
 
     @staticmethod
