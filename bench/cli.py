@@ -26,10 +26,10 @@ def _filters(p, default_suite: str) -> None:
                    help="keep cases whose results column AXIS (batch, in_channels, out_channels, height, width, "
                         "kernel, stride, padding, dilation, groups) takes one of the values; repeatable")
     p.add_argument("--shard", metavar="K/N", help="run only the K-th of N deterministic parts of the suite")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--threads", type=_count("--threads"),
                    help="intra-op CPU threads (default: all cores but one; recorded, and runs with different counts "
                         "are never compared)")
-    p.add_argument("--seed", type=int, default=0, help="input data seed")
+    p.add_argument("--seed", type=_count("--seed", 0), default=0, help="input data seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")
 
 
@@ -41,6 +41,19 @@ def _positive(name: str):
             raise argparse.ArgumentTypeError(f"{name} expects a number, got {text!r}") from None
         if not v > 0:
             raise argparse.ArgumentTypeError(f"{name} must be positive, got {text!r}")
+        return v
+    return parse
+
+
+def _count(name: str, minimum: int = 1):
+    """An argparse type: an integer of at least ``minimum``, refused with a one-line reason (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {text!r}")
         return v
     return parse
 
@@ -128,13 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="profile a training step per implementation: phase split, top kernels, "
                                         "Chrome traces")
     pr.add_argument("--model", default="simplecnn", choices=["simplecnn", "basiccnn"])
-    pr.add_argument("--batch", type=int, default=64)
+    pr.add_argument("--batch", type=_count("--batch"), default=64)
     pr.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     pr.add_argument("--dtype", default="float32", choices=["float32", "tf32", "float64"])
     pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     pr.add_argument("--impl", nargs="+", metavar="NAME")
-    pr.add_argument("--steps", type=int, default=5, help="profiled steps (after 3 warm-up steps)")
-    pr.add_argument("--threads", type=int)
+    pr.add_argument("--steps", type=_count("--steps"), default=5, help="profiled steps (after 3 warm-up steps)")
+    pr.add_argument("--threads", type=_count("--threads"))
     pr.add_argument("--out", type=Path, help="directory for profile.md/csv and traces (default results/runs/profile)")
     ls = sub.add_parser("list", help="implementations and their availability, suites and their case counts")
     ls.add_argument("--suite", choices=sorted(SUITE_NAMES), help="also list that suite's cases")

@@ -16,9 +16,11 @@ import importlib
 import os
 import pkgutil
 
+from ._provenance import Record, note, recording
 from .base import OPS, Implementation, device_type
 
-__all__ = ["Implementation", "OPS", "device_type", "register", "names", "get", "all_implementations"]
+__all__ = ["Implementation", "OPS", "device_type", "register", "names", "get", "all_implementations", "recording",
+           "note", "Record"]
 
 #: display order of the built-in implementations; others follow in registration order
 ORDER = ("naive", "im2col", "cudnn", "compile", "triton")

@@ -248,10 +248,17 @@ def test_shards_partition_the_suite_and_merge_back(tmp_path):
     (["run", "--where", "batch=12345"], "no case"),
     (["run", "--suite", "nope"], "invalid choice"),
     (["compare", "a"], "cannot read a"),
+    (["run", "--timeout", "-5"], "--timeout must be positive"),
+    (["run", "--timeout", "0"], "--timeout must be positive"),
+    (["run", "--max-seconds", "-1"], "--max-seconds must be positive"),
+    (["run", "--threads", "0"], "--threads must be at least 1"),
+    (["run", "--threads", "two"], "--threads expects an integer"),
+    (["run", "--seed", "-1"], "--seed must be at least 0"),
 ])
 def test_bad_usage_exits_2_with_a_message(args, message, tmp_path):
     proc = bench(*args, "--out", tmp_path / "x") if args[0] == "run" and "--suite" not in args else bench(*args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists(), "a refused command must create nothing"
 
 
 def test_cuda_without_a_gpu_is_bad_usage(tmp_path):

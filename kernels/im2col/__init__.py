@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from reference import ConvProblem, PoolProblem
 
-from .. import register
+from .. import note, register
 from .._common import accumulator_dtype, batch_slices, is_nchw
 from ..base import Implementation
 from . import native as _native
@@ -70,7 +70,9 @@ def gemm_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) 
     ``_onednn_ok``'s, the same test ``backend`` reports from; a oneDNN failure is raised, never silently replaced
     by BLAS under the ``onednn-gemm`` label."""
     if _onednn_ok(a):
+        note(backend="onednn-gemm")
         return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
+    note(backend="cublas-gemm" if a.is_cuda else "blas-gemm")
     return torch.addmm(bias, a, b.t()) if bias is not None else torch.mm(a, b.t())
 
 
@@ -153,6 +155,7 @@ def _grouped_wmat(weight: torch.Tensor, p: ConvProblem) -> torch.Tensor:
 
 def _forward(x, weight, bias, p: ConvProblem) -> torch.Tensor:
     N, PQ = x.shape[0], p.P * p.Q
+    note(backend="torch-unfold:cols")
     xp = _padded_nhwc(x, p)
     dense = _block_diagonal(p)
     w = _wmat_t(weight, p) if dense else _grouped_wmat(weight, p)
@@ -162,6 +165,7 @@ def _forward(x, weight, bias, p: ConvProblem) -> torch.Tensor:
         if dense:
             parts.append(gemm_nt(cols, w, bias))
         else:
+            note(backend=f"{'cublas' if x.is_cuda else 'blas'}-bmm-per-group")
             out = torch.bmm(_grouped_cols(cols, p), w).transpose(0, 1).reshape(-1, p.K)
             parts.append(out + bias if bias is not None else out)
     out = torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -170,6 +174,8 @@ def _forward(x, weight, bias, p: ConvProblem) -> torch.Tensor:
 
 def _backward(x, weight, grad, p: ConvProblem, need_x: bool, need_w: bool):
     N, G, Cg, Kg, PQ = x.shape[0], p.groups, p.C // p.groups, p.K // p.groups, p.P * p.Q
+    note(backend="torch-unfold:" + ",".join(part for part, wanted in (("dgrad=col2im", need_x),
+                                                                        ("wgrad=mm", need_w)) if wanted))
     go = grad.permute(0, 2, 3, 1).reshape(-1, p.K)  # (N·P·Q, K): free when grad is channels_last
     dense = _block_diagonal(p)
     xp = _padded_nhwc(x, p) if need_w else None
@@ -214,6 +220,29 @@ def _col2im(gcols: torch.Tensor, gxp: torch.Tensor, p: ConvProblem) -> None:
 # ---- the cache-blocked native path (fp32 on the CPU): csrc/im2col_cpu.cpp -------------------------------------------
 #: cols tile built and consumed at once by the native path (bytes): within L2, so the GEMM reads it from cache
 TILE_BYTES = 64 << 10
+
+#: the branch codes csrc/im2col_cpu.cpp's entry points return (its FWD_* / DX_* / DW_* enums), as backend labels
+FWD_BRANCHES = {1: "depthwise-direct", 2: "pointwise-brgemm", 3: "depthwise-cols", 4: "cols-brgemm",
+                5: "grid-brgemm", 6: "one-channel-small-gemm"}
+DX_BRANCHES = {1: "depthwise-direct", 2: "flipped-kernel-forward", 3: "depthwise-col2im", 4: "pointwise-brgemm",
+               5: "brgemm-col2im", 6: "one-channel-small-gemm-col2im"}
+DW_BRANCHES = {1: "depthwise-direct", 2: "depthwise-cols", 3: "pointwise-brgemm", 4: "cols-brgemm",
+               5: "wgrad-micro-kernel", 6: "one-channel-dot"}
+
+
+def _native_label(layout: str, code: int, backward: bool) -> str:
+    """The backend label of a native call from the branch code it returned; an unknown code is an error, never
+    papered over with a guess."""
+    if not backward:
+        parts = [FWD_BRANCHES.get(code)]
+    else:
+        dx, dw = divmod(code, 16)
+        parts = [f"dgrad={DX_BRANCHES.get(dx)}" if dx else "", f"wgrad={DW_BRANCHES.get(dw)}" if dw else ""]
+        parts = [s for s in parts if s] or [None]
+    if None in parts or any("None" in s for s in parts):
+        raise RuntimeError(f"im2col native library returned an unknown branch code {code} "
+                           f"({'backward' if backward else 'forward'}): rebuild it (kernels/im2col/csrc)")
+    return f"native-{layout}:{','.join(parts)}"
 
 
 def _native_lib(x: torch.Tensor):
@@ -281,14 +310,16 @@ def _native_forward(lib, x: torch.Tensor, weight, bias, p: ConvProblem) -> torch
     if nchw:
         y = x.new_empty((N, p.K, p.P, p.Q))
         w = weight.contiguous()  # held here: the C code gets raw pointers
-        lib.conv_fwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(w), _native.ptr(b), _native.ptr(y),
-                          ctypes.c_int64(_tile_rows(p, True)), threads)
+        code = lib.conv_fwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(w), _native.ptr(b), _native.ptr(y),
+                                 ctypes.c_int64(_tile_rows(p, True)), threads)
+        note(backend=_native_label("nchw", code, False))
         return y
     xh = x.permute(0, 2, 3, 1)
     y = x.new_empty((N, p.P, p.Q, p.K))
     wt = _native_weight(weight, p, True)
-    lib.conv_fwd(_geometry(p, N), _native.ptr(xh), _native.ptr(wt), _native.ptr(b), _native.ptr(y),
-                 ctypes.c_int64(_tile_rows(p, False)), threads)
+    code = lib.conv_fwd(_geometry(p, N), _native.ptr(xh), _native.ptr(wt), _native.ptr(b), _native.ptr(y),
+                        ctypes.c_int64(_tile_rows(p, False)), threads)
+    note(backend=_native_label("nhwc", code, False))
     return y.permute(0, 3, 1, 2)  # N×K×P×Q in channels_last memory
 
 
@@ -301,9 +332,10 @@ def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w:
         gx = torch.empty_like(x) if need_x else None
         wT = weight.reshape(G, Kg, -1).transpose(1, 2).contiguous()
         gw = x.new_empty((G, Cg * p.R * p.S, Kg)) if need_w else None
-        lib.conv_bwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(wT), _native.ptr(gy),
-                          _native.ptr(gx), _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, True)),
-                          threads)
+        code = lib.conv_bwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(wT), _native.ptr(gy),
+                                 _native.ptr(gx), _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, True)),
+                                 threads)
+        note(backend=_native_label("nchw", code, True))
         if gw is not None:
             gw = gw.transpose(1, 2)
         return gx, (gw.reshape(weight.shape).contiguous() if gw is not None else None), gb
@@ -312,8 +344,9 @@ def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w:
     gx = x.new_empty((N, p.H, p.W, p.C)) if need_x else None
     w = _native_weight(weight, p, False)
     gw = torch.empty_like(w) if need_w else None
-    lib.conv_bwd(_geometry(p, N), _native.ptr(xh), _native.ptr(w), _native.ptr(gy), _native.ptr(gx), _native.ptr(gw),
-                 _native.ptr(gb), ctypes.c_int64(_tile_rows(p, False)), threads)
+    code = lib.conv_bwd(_geometry(p, N), _native.ptr(xh), _native.ptr(w), _native.ptr(gy), _native.ptr(gx),
+                        _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, False)), threads)
+    note(backend=_native_label("nhwc", code, True))
     if gw is not None:
         if _depthwise(p):
             gw = gw.t().reshape(p.K, 1, p.R, p.S)
@@ -361,15 +394,13 @@ class Im2col(Implementation):
     summary = "unfold to a patch matrix, then one GEMM per group; col2im for the input gradient"
 
     def backend(self, op: str, device, problem=None) -> str:
+        """The path a call would take, for rows that never ran (unsupported, skipped); rows that ran carry the
+        label the call itself noted: the native library's branch code, or the pure-torch path and its GEMM."""
         if not op.startswith("conv2d"):
-            return "torch-ops"
-        if str(device).startswith("cuda"):
-            return "cublas-gemm"
+            return "torch-unfold"
         dtype = getattr(torch, problem.dtype) if problem is not None and problem.dtype != "tf32" else torch.float32
-        probe = torch.empty(0, dtype=dtype)
-        if _native_lib(probe) is not None:
-            return "onednn-brgemm-native"
-        return "onednn-gemm" if _onednn_ok(probe) else "blas-gemm"
+        on_cpu = not str(device).startswith("cuda")
+        return "native" if on_cpu and _native_lib(torch.empty(0, dtype=dtype)) is not None else "torch-unfold"
 
     def _conv2d(self, x, weight, bias, p: ConvProblem):
         return _Im2colConv.apply(x, weight, bias, p)
@@ -378,6 +409,7 @@ class Im2col(Implementation):
         # max over the unfolded window axis (torch.max keeps the first maximum). The windows are built without
         # autograd: the output is gathered from the input at the winners, so the backward is one scatter of
         # N·C·P·Q gradients instead of col2im over the kh·kw-times larger window matrix.
+        note(backend="torch-unfold")
         with torch.no_grad():
             values, t = _windows(x, p, float("-inf")).max(dim=2)
         (kh, kw), (sh, sw), (dh, dw) = p.kernel, p.stride, p.dilation
@@ -400,6 +432,7 @@ class Im2col(Implementation):
         return values, torch.where(values == float("-inf"), start, flat)
 
     def _avg_pool2d(self, x, p: PoolProblem):
+        note(backend="torch-unfold")
         acc = accumulator_dtype(x.dtype)
         sums = _windows(x, p, 0.0).sum(dim=2, dtype=acc)
         return (sums / p.divisor(x.device).to(acc)).to(x.dtype)

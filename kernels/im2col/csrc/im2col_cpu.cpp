@@ -771,11 +771,24 @@ void transpose(const float* x, float* y, int64_t L, int64_t M) {
 
 extern "C" {
 
+// Every entry point returns the branch it took (a FWD_*/BWD_* code below), which the caller reports as the row's
+// backend: what ran is told by the code that ran it, not guessed from the arguments.
+enum { FWD_DEPTHWISE_DIRECT = 1, FWD_POINTWISE = 2, FWD_DEPTHWISE_COLS = 3, FWD_COLS = 4, FWD_GRID = 5,
+       FWD_ONE_CHANNEL = 6 };
+// Backward codes: DX_* · 16 + DW_* (0 = that gradient was not asked for).
+enum { DX_DEPTHWISE_DIRECT = 1, DX_FLIPPED_FORWARD = 2, DX_DEPTHWISE_COL2IM = 3, DX_POINTWISE = 4, DX_COL2IM = 5,
+       DX_ONE_CHANNEL_COL2IM = 6 };
+enum { DW_DEPTHWISE_DIRECT = 1, DW_DEPTHWISE_COLS = 2, DW_POINTWISE = 3, DW_COLS = 4, DW_GRID = 5,
+       DW_ONE_CHANNEL = 6 };
+
 // y (N·P·Q × K) = conv(x); wt is (G, R, S, Cg, Kg) — or (R·S, K) for depthwise; bias may be null.
-void conv_fwd(const int64_t* gp, const float* x, const float* wt, const float* bias, float* y, int64_t MT,
-              int threads) {
+int conv_fwd(const int64_t* gp, const float* x, const float* wt, const float* bias, float* y, int64_t MT,
+             int threads) {
   const Geom g = geom(gp);
-  if (g.depthwise() && g.Kg() == 1) return dw_fwd_nhwc(g, x, wt, bias, y, threads);
+  if (g.depthwise() && g.Kg() == 1) {
+    dw_fwd_nhwc(g, x, wt, bias, y, threads);
+    return FWD_DEPTHWISE_DIRECT;
+  }
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), row = g.row(), RS = g.RS(), Cg = g.Cg(), Kg = g.Kg();
 #pragma omp parallel num_threads(threads)
   {
@@ -802,14 +815,20 @@ void conv_fwd(const int64_t* gp, const float* x, const float* wt, const float* b
     }
     at::native::cpublas::brgemm_release(false);
   }
+  return g.depthwise() ? FWD_DEPTHWISE_COLS : g.pointwise() ? FWD_POINTWISE : FWD_COLS;
 }
 
 // Backward. gy (N·P·Q × K). w is (G, Kg, R, S, Cg) — or (R·S, K) for depthwise. Outputs (each may be null):
 // gx (N, H, W, C), zeroed here; gw with w's layout; gb (K).
-void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
-              int64_t MT, int threads) {
+int conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
+             int64_t MT, int threads) {
   const Geom g = geom(gp);
-  if (g.depthwise() && g.Kg() == 1) return dw_bwd_nhwc(g, x, w, gy, gx, gw, gb, threads);
+  if (g.depthwise() && g.Kg() == 1) {
+    dw_bwd_nhwc(g, x, w, gy, gx, gw, gb, threads);
+    return (gx ? DX_DEPTHWISE_DIRECT * 16 : 0) + ((gw || gb) ? DW_DEPTHWISE_DIRECT : 0);
+  }
+  const int dw_code = !(gw || gb) ? 0 : g.depthwise() ? DW_DEPTHWISE_COLS : g.pointwise() ? DW_POINTWISE : DW_COLS;
+  int dx_code = !gx ? 0 : g.depthwise() ? DX_DEPTHWISE_COL2IM : g.pointwise() ? DX_POINTWISE : DX_COL2IM;
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), row = g.row(), RS = g.RS(), Cg = g.Cg(), Kg = g.Kg();
   if (gx && g.sh == 1 && g.sw == 1 && !g.pointwise() && !g.depthwise()) {  // grad_x: the flipped-kernel forward
     std::vector<float> wf(g.K * RS * Cg);  // its weight (G, R, S, K/G, C/G): w'[g, t, k, c] = w[g, k, R·S − 1 − t, c]
@@ -821,7 +840,8 @@ void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy
     pack(transposed(g), tp);
     conv_fwd(tp, gy, wf.data(), nullptr, gx, transposed_tile(g, MT), threads);
     gx = nullptr;
-    if (!gw && !gb) return;
+    dx_code = DX_FLIPPED_FORWARD;
+    if (!gw && !gb) return dx_code * 16;
   }
   const int64_t wsize = g.K * RS * Cg;
   const int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.N));
@@ -879,17 +899,24 @@ void conv_bwd(const int64_t* gp, const float* x, const float* w, const float* gy
     at::native::cpublas::brgemm_release(false);
   }
   sum_partials(partial, nt, wsize, g.K, gw, gb);
+  return dx_code * 16 + dw_code;
 }
 
 
 // NCHW forward: y (N, K, P, Q) = conv(x (N, C, H, W)); w is the weight as given, (G, K/G, C/G·R·S).
 // One GEMM per (image, group, tile): y[n, group's K/G rows, tile] = W_g (K/G × C/G·R·S) · colsT (C/G·R·S × mt),
 // written straight into the NCHW output (leading dimension P·Q).
-void conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const float* bias, float* y, int64_t MT,
-                   int threads) {
+int conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const float* bias, float* y, int64_t MT,
+                  int threads) {
   const Geom g = geom(gp);
-  if (g.depthwise() && g.Kg() == 1 && g.sw == 1) return dw_fwd_nchw(g, x, w, bias, y, threads);
-  if (g.sh == 1 && g.sw == 1 && !g.pointwise_t()) return fwd_grid(g, x, w, bias, y, MT, threads);
+  if (g.depthwise() && g.Kg() == 1 && g.sw == 1) {
+    dw_fwd_nchw(g, x, w, bias, y, threads);
+    return FWD_DEPTHWISE_DIRECT;
+  }
+  if (g.sh == 1 && g.sw == 1 && !g.pointwise_t()) {
+    fwd_grid(g, x, w, bias, y, MT, threads);
+    return FWD_GRID;
+  }
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS();
 #pragma omp parallel num_threads(threads)
   {
@@ -910,15 +937,19 @@ void conv_fwd_nchw(const int64_t* gp, const float* x, const float* w, const floa
     }
     at::native::cpublas::brgemm_release(false);
   }
+  return g.Cg() == 1 ? FWD_ONE_CHANNEL : g.pointwise_t() ? FWD_POINTWISE : FWD_COLS;
 }
 
 // NCHW backward. gy (N, K, P, Q); wT is the weight transposed per group, (G, C/G·R·S, K/G). Outputs (each may be
 // null): gx (N, C, H, W); gw (G, C/G·R·S, K/G); gb (K). Strided convs: one thread per (image, group), whose col2im
 // touches only that image's group channels, so no two threads add to one pixel.
-void conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const float* gy, float* gx,
-                   float* gw, float* gb, int64_t MT, int threads) {
+int conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const float* gy, float* gx,
+                  float* gw, float* gb, int64_t MT, int threads) {
   const Geom g = geom(gp);
-  if (g.depthwise() && g.Kg() == 1 && g.sh == 1 && g.sw == 1) return dw_bwd_nchw(g, x, wT, gy, gx, gw, gb, threads);
+  if (g.depthwise() && g.Kg() == 1 && g.sh == 1 && g.sw == 1) {
+    dw_bwd_nchw(g, x, wT, gy, gx, gw, gb, threads);
+    return (gx ? DX_DEPTHWISE_DIRECT * 16 : 0) + ((gw || gb) ? DW_DEPTHWISE_DIRECT : 0);
+  }
   if (g.sh == 1 && g.sw == 1 && !g.pointwise_t()) {  // grad_x: the flipped-kernel forward, no col2im
     if (gx) {  // its weight (G, C/G, K/G·R·S): w'[g, c, (k, t)] = W[g·Kg + k, c, R·S−1−t] = wT[g, (c, R·S−1−t), k]
       const int64_t Cg = g.Cg(), Kg = g.Kg(), RS = g.RS();
@@ -931,7 +962,7 @@ void conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const flo
       fwd_grid(transposed(g), gy, wf.data(), nullptr, gx, transposed_tile(g, MT), threads);
     }
     if (gw || gb) wgrad_grid(g, x, gy, gw, gb, threads);
-    return;
+    return (gx ? DX_FLIPPED_FORWARD * 16 : 0) + ((gw || gb) ? DW_GRID : 0);
   }
   const int64_t PQ = g.P * g.Q, T = tiles_per_image(g, MT), Cg = g.Cg(), Kg = g.Kg(), CRS = Cg * g.RS();
   const int64_t wsize = g.K * CRS;
@@ -984,6 +1015,9 @@ void conv_bwd_nchw(const int64_t* gp, const float* x, const float* wT, const flo
     at::native::cpublas::brgemm_release(false);
   }
   sum_partials(partial, nt, wsize, g.K, gw, gb);
+  const int dx = !gx ? 0 : g.pointwise_t() ? DX_POINTWISE : Cg == 1 ? DX_ONE_CHANNEL_COL2IM : DX_COL2IM;
+  const int dw = !(gw || gb) ? 0 : Cg == 1 ? DW_ONE_CHANNEL : g.pointwise_t() ? DW_POINTWISE : DW_COLS;
+  return dx * 16 + dw;
 }
 
 // y (N, H·W, C) = x (N, C, H·W) with the pixels and channels of each image transposed (NCHW → NHWC)
