@@ -1,4 +1,5 @@
-"""``python -m bench`` / ``convbench``: run, ab, report, compare, baseline, history, merge, profile, list.
+"""``python -m bench`` / ``convbench``: run, ab, report, compare, baseline, history, merge, profile,
+host-overhead, list.
 
 Exit codes (../shared/CONTRACT.md): run — 0 every case ok/skipped/unsupported, 1 some mismatch/error/timeout,
 2 bad usage; compare — 0 no regression, 1 regression, 2 bad usage or unreadable input, 3 environments differ.
@@ -149,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=_count("--steps"), default=5, help="profiled steps (after 3 warm-up steps)")
     pr.add_argument("--threads", type=_count("--threads"))
     pr.add_argument("--out", type=Path, help="directory for profile.md/csv and traces (default results/runs/profile)")
+    ho = sub.add_parser("host-overhead", help="Python cost of one triton call with its GPU launches stubbed out "
+                                              "(targets: forward <= 15 us, dgrad/wgrad <= 20 us)")
+    ho.add_argument("--calls", type=_count("--calls"), default=2000, help="calls per timed block")
+    ho.add_argument("--repeats", type=_count("--repeats"), default=7, help="timed blocks per case")
+    ho.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     ls = sub.add_parser("list", help="implementations and their availability, suites and their case counts")
     ls.add_argument("--suite", choices=sorted(SUITE_NAMES), help="also list that suite's cases")
     ls.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -226,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.batch < 1 or args.steps < 1:
                 raise UsageError("--batch and --steps must be positive")
             return profile_command(args)
+        if args.command == "host-overhead":
+            from .hostcost import host_overhead_command
+
+            return host_overhead_command(args)
         if args.command == "merge":
             from .merge import merge_runs
 
