@@ -4,7 +4,8 @@ On a GPU a small conv's kernels run for 5–25 µs, so whatever the host spends 
 checks, autograd, output allocation, autotuner lookup, grid and stride arithmetic) is either hidden behind the
 previous kernel or it *is* the run time. This measures that host cost on any machine, CPU included: every Triton
 kernel of ``kernels.triton`` is replaced by a stub whose launch does nothing (and the autotuner's benchmark by a
-constant, so its per-call key lookup still runs as on a GPU), then the host functions are called back to back.
+constant, so its per-call key lookup still runs as on a GPU), then the host functions are called back to back on
+``meta`` tensors (allocation as cheap as the GPU's caching allocator; a CPU malloc would dominate instead).
 
 Reported per case: forward (the public ``conv2d`` under no_grad: checks, plan, allocation, launch), dgrad and
 wgrad (their host functions: what autograd's backward calls), in µs per call, median of ``--repeats`` timed blocks
@@ -92,17 +93,16 @@ def measure(calls: int = 2000, repeats: int = 7) -> list[dict]:
         stack.callback(setattr, Triton, "unavailable_reason", Triton.unavailable_reason)
         Triton.unavailable_reason = lambda self, device: None
         for name, xs, ws, stride, pad in CASES:
-            x, w, b = torch.empty(xs), torch.empty(ws), torch.empty(ws[0])
+            # meta tensors: no launch reads them, and their allocation costs what the GPU's caching allocator does
+            # (a CPU malloc of a 100 MB output would cost more than everything measured here)
+            x, w, b = (torch.empty(s, device="meta") for s in (xs, ws, ws[:1]))
             p = conv2d_problem(x, w, b, stride, pad, 1, 1)
-            dy = torch.empty((xs[0], ws[0], p.P, p.Q))
+            dy = torch.empty((xs[0], ws[0], p.P, p.Q), device="meta")
 
-            def forward():
-                with torch.no_grad():
-                    return impl.conv2d(x, w, b, stride, pad)
-
-            parts = {"forward": forward,
-                     "dgrad": lambda: conv.conv2d_dgrad(dy, w, p, x),
-                     "wgrad": lambda: conv.conv2d_wgrad(dy, x, p, w.dtype, b.dtype)}
+            parts = {  # no operand requires grad: the forward takes the inference path, as under no_grad
+                "forward": lambda x=x, w=w, b=b, s=stride, pad=pad: impl.conv2d(x, w, b, s, pad),
+                "dgrad": lambda x=x, w=w, p=p, dy=dy: conv.conv2d_dgrad(dy, w, p, x),
+                "wgrad": lambda x=x, w=w, b=b, p=p, dy=dy: conv.conv2d_wgrad(dy, x, p, w.dtype, b.dtype)}
             for part, fn in parts.items():
                 blocks = _per_call_us(fn, calls, repeats)
                 med = statistics.median(blocks)

@@ -54,12 +54,14 @@ def active() -> bool:
 
 
 def note(backend: str | None = None, **facts) -> None:
-    """Record what this call ran: a ``backend`` label and/or facts (merged; list values are extended)."""
+    """Record what this call ran: a ``backend`` label and/or facts (merged: lists extended, dicts updated)."""
     for rec in getattr(_local, "stack", None) or ():
         if backend:
             rec.labels.append(backend)
         for k, v in facts.items():
             if isinstance(v, list) and isinstance(rec.facts.get(k), list):
                 rec.facts[k] = rec.facts[k] + v
+            elif isinstance(v, dict) and isinstance(rec.facts.get(k), dict):
+                rec.facts[k] = {**rec.facts[k], **v}
             else:
                 rec.facts[k] = v

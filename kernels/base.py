@@ -24,6 +24,37 @@ def device_type(device) -> str:
     return torch.device(device).type
 
 
+_CHECKED: dict[tuple, ConvProblem] = {}
+
+
+def _plain(v):
+    """``v`` when it is an int, a str or a tuple of ints (so equal keys mean equal arguments: no bools, which hash
+    like ints but are refused); else TypeError, and the call is checked in full."""
+    if type(v) is int or type(v) is str or (type(v) is tuple and all(type(e) is int for e in v)):
+        return v
+    raise TypeError
+
+
+def checked_conv2d(input, weight, bias, stride, padding, dilation, groups) -> ConvProblem:
+    """``reference.conv2d_problem`` remembered per argument signature (types, shapes, strides, dtypes, devices and
+    the plain int/str/tuple arguments): the checks cost ~20 µs of Python per call, more than a small conv's GPU
+    kernel. Only calls that passed the full check are remembered; anything unusual is checked in full again."""
+    try:
+        key = (type(input), input.shape, input.stride(), input.dtype, input.device,
+               type(weight), weight.shape, weight.stride(), weight.dtype, weight.device,
+               None if bias is None else (type(bias), bias.shape, bias.stride(), bias.dtype, bias.device),
+               _plain(stride), _plain(padding), _plain(dilation), _plain(groups))
+    except (AttributeError, TypeError):  # not a tensor, a list argument, …: the full check names the problem
+        return conv2d_problem(input, weight, bias, stride, padding, dilation, groups)
+    p = _CHECKED.get(key)
+    if p is None:
+        p = conv2d_problem(input, weight, bias, stride, padding, dilation, groups)
+        if len(_CHECKED) >= 4096:
+            _CHECKED.clear()
+        _CHECKED[key] = p
+    return p
+
+
 class Implementation:
     """Base class. Subclasses set ``name`` and ``summary`` and implement the three hooks."""
 
@@ -70,16 +101,16 @@ class Implementation:
 
     # ---- public API: exactly torch.nn.functional's signatures ---------------------------------------------------
     def conv2d(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-        p = conv2d_problem(input, weight, bias, stride, padding, dilation, groups)
+        p = checked_conv2d(input, weight, bias, stride, padding, dilation, groups)
         self._require(input.device)
-        x = input if input.dim() == 4 else input.unsqueeze(0)
-        out = self._conv2d(x, weight, bias, p)
-        return out if input.dim() == 4 else out.squeeze(0)
+        if input.dim() == 4:
+            return self._conv2d(input, weight, bias, p)
+        return self._conv2d(input.unsqueeze(0), weight, bias, p).squeeze(0)
 
     def conv2d_relu(self, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         """relu(conv2d(...)) — the conv+bias+ReLU block of a CNN; implementations with a fused epilogue override
         ``_conv2d_relu``, the others compute the two ops one after the other."""
-        p = conv2d_problem(input, weight, bias, stride, padding, dilation, groups)
+        p = checked_conv2d(input, weight, bias, stride, padding, dilation, groups)
         self._require(input.device)
         x = input if input.dim() == 4 else input.unsqueeze(0)
         out = self._conv2d_relu(x, weight, bias, p)
@@ -118,6 +149,12 @@ class Implementation:
         raise NotImplementedError
 
     def _require(self, device) -> None:
+        """Refuse a device this implementation cannot run on. A device found usable is remembered (availability
+        does not change within a process, and asking costs microseconds per call: a driver query on a GPU)."""
+        usable = vars(self).setdefault("_usable_devices", set())
+        if device in usable:
+            return
         reason = self.unavailable_reason(device)
         if reason:
             raise RuntimeError(f"{self.name}: cannot run on {device}: {reason}")
+        usable.add(device)

@@ -115,7 +115,11 @@ def test_fused_bias_relu_forward_and_backward(path, dtype, device, monkeypatch, 
 
 
 def _spy(monkeypatch, kernel):
-    """Record the keyword arguments of every launch of an autotuned kernel."""
+    """Record the keyword arguments of every launch of a kernel: its JITFunction's ``run``, which the autotuner
+    calls on a first call and a host function's cached plan on every repeated one."""
+    from triton.runtime.autotuner import Autotuner
+
+    kernel = kernel.fn if isinstance(kernel, Autotuner) else kernel
     seen = []
     run = kernel.run
 
@@ -458,3 +462,44 @@ def test_every_autotune_key_holds_every_argument_that_can_change_the_best_config
         assert wanted <= set(kernel.keys), (name, sorted(wanted - set(kernel.keys)))
         geometry = {"str_h", "pad_h", "dil_h", "R", "KH"} & set(kernel.arg_names)
         assert geometry and geometry <= set(kernel.keys), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_repeated_call_replays_its_plan_and_a_changed_one_is_planned_anew(device, monkeypatch, untuned):
+    """The first call of a problem goes through the autotuner and leaves a plan; the same call again launches
+    from the plan (no autotuner), and any change that can change the launch — layout, ReLU, TF32 — misses it."""
+    impl = implementation("triton", device)
+    p = ConvProblem(N=2, C=32, H=6, W=6, K=32, R=3, S=3, padding=(1, 1))
+    t = p.make_inputs(device)
+    x, w, b = t["input"], t["weight"], t["bias"]
+    tuner = []
+    run = tc._conv_fwd_gemm_kernel.run
+    monkeypatch.setattr(tc._conv_fwd_gemm_kernel, "run", lambda *a, **k: tuner.append(1) or run(*a, **k))
+    monkeypatch.setattr(tc, "_PLANS", {})
+    want = oracle.conv2d(x.double(), w.double(), b.double(), padding=1)
+    first = impl.conv2d(x, w, b, padding=1)
+    again = impl.conv2d(x, w, b, padding=1)
+    assert len(tuner) == 1 and len(tc._PLANS) == 1, "the second call must replay the plan"
+    assert torch.equal(first, again) and check(again, want, "float32")
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert check(impl.conv2d(cl, w, b, padding=1), want, "float32")
+    assert check(impl.conv2d_relu(x, w, b, padding=1), want.relu(), "float32")
+    assert len(tuner) == 3 and len(tc._PLANS) == 3, "layout and ReLU are part of the plan key"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_learn_the_path_and_config_that_ran_from_the_call(device, untuned):
+    import kernels
+
+    impl = implementation("triton", device)
+    p = ConvProblem(N=2, C=32, H=6, W=6, K=32, R=3, S=3, padding=(1, 1))
+    t = p.make_inputs(device, requires_grad=True)
+    with kernels.recording() as fwd:
+        y = impl.conv2d(t["input"], t["weight"], t["bias"], padding=1)
+    with kernels.recording() as bwd:
+        y.sum().backward()
+    assert fwd.backend == f"triton:forward={tc.conv_path(p)}"
+    assert bwd.backend == f"triton:dgrad={tc.dgrad_path(p)}+triton:wgrad={tc.wgrad_path(p)}"
+    config = fwd.facts["triton"]["forward"]["config"]
+    assert {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} <= set(config)
+    assert bwd.facts["triton"]["wgrad"]["split_k"] == tc.wgrad_splits(p, device, tc.wgrad_path(p))

@@ -19,6 +19,8 @@ correctness only.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -170,6 +172,12 @@ class CudaGraphStep:
         return self.static_loss
 
 
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    """A GPU's compute capability (asked once per device: every call checks availability)."""
+    return torch.cuda.get_device_capability(index)
+
+
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -193,7 +201,7 @@ class Triton(Implementation):
         if kind == "cuda":
             if not torch.cuda.is_available():
                 return "CUDA is not available"
-            if not INTERPRETED and torch.cuda.get_device_capability(device) < (8, 0):
+            if not INTERPRETED and _capability(torch.device(device).index) < (8, 0):
                 return "the kernels use bf16/TF32 tensor-core dots, which need compute capability 8.0 (Ampere) or newer"
             return None
         return f"Triton kernels run on CUDA GPUs (or the CPU interpreter), not on {kind}"
@@ -227,9 +235,15 @@ class Triton(Implementation):
 
     # ---- hooks ----------------------------------------------------------------------------------------------------
     def _conv2d(self, x, weight, bias, p: ConvProblem):
+        # inference: no autograd node to build (a few µs of host time)
+        if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                             or (bias is not None and bias.requires_grad))):
+            return conv2d_forward(_operand(x), _operand(weight), bias, p, relu=False, out_format_of=x)
         return _Conv2d.apply(x, weight, bias, p, False)
 
     def _conv2d_relu(self, x, weight, bias, p: ConvProblem):
+        if not _needs_grad(x, weight, bias):
+            return conv2d_forward(_operand(x), _operand(weight), bias, p, relu=True, out_format_of=x)
         return _Conv2d.apply(x, weight, bias, p, True)
 
     def _max_pool2d(self, x, p: PoolProblem):

@@ -37,9 +37,13 @@ from reference import ConvProblem
 
 from .._common import batch_slices
 from .._common import output_memory_format as memory_format
+from .._provenance import active as _provenance_on
+from .._provenance import note
 
 #: True when the kernels below are interpreted on the CPU (decided by TRITON_INTERPRET when triton was imported)
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+#: more than one visible GPU: host functions must move their launches to their tensors' device
+_MULTI_GPU = not INTERPRETED and torch.cuda.is_available() and torch.cuda.device_count() > 1
 
 #: benchmark every config on a problem's first call (False: take the first config that fits — quick first calls,
 #: e.g. for tests on a GPU; CONVBENCH_TRITON_AUTOTUNE=0 sets it at import)
@@ -72,19 +76,26 @@ def _overflow_sanitizer_off():
 
 
 def launches(fn):
-    """Decorator for the host functions that launch kernels: on a GPU the launches go to the device of the first
-    tensor argument (Triton launches on the current device), under the interpreter see _overflow_sanitizer_off."""
+    """Decorator for the host functions that launch kernels. Triton launches on the current device, so with more
+    than one GPU visible the launches are moved to the device of the first tensor argument (skipped when it is
+    current already); under the interpreter see _overflow_sanitizer_off. With one GPU the function is returned
+    as is: a wrapper would cost a microsecond per call for nothing."""
+    if INTERPRETED:
+        @functools.wraps(fn)
+        def interpreted(*args, **kwargs):
+            with _overflow_sanitizer_off():
+                return fn(*args, **kwargs)
+        return interpreted
+    if not _MULTI_GPU:
+        return fn
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with contextlib.ExitStack() as stack:
-            if INTERPRETED:
-                stack.enter_context(_overflow_sanitizer_off())
-            else:
-                device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-                if device is not None and device.type == "cuda":
-                    stack.enter_context(torch.cuda.device(device))
-            return fn(*args, **kwargs)
+        device = args[0].device
+        if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
     return run
 
 
@@ -602,13 +613,26 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def _tf32_reader():
+    """A reader of cuDNN's conv fp32 precision flag: torch's own getter (what ``torch.backends.cudnn.conv.
+    fp32_precision`` calls, minus two Python attribute hooks, ~1 µs per call), else the legacy allow_tf32."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    getter = getattr(torch._C, "_get_fp32_precision_getter", None)
+    try:
+        backend, op = conv.backend, conv.op
+        getter(backend, op)
+    except (AttributeError, TypeError, RuntimeError):  # torch without the fp32_precision API
+        return lambda: bool(torch.backends.cudnn.allow_tf32)
+    return lambda: getter(backend, op) == "tf32"
+
+
+_read_tf32 = _tf32_reader()
+
+
 def tf32_enabled() -> bool:
     """Whether cuDNN convolutions may use TF32 for fp32 now: torch's per-backend flag
     (torch.backends.cudnn.conv.fp32_precision), else the legacy torch.backends.cudnn.allow_tf32."""
-    try:
-        return torch.backends.cudnn.conv.fp32_precision == "tf32"
-    except AttributeError:  # torch without the fp32_precision API
-        return bool(torch.backends.cudnn.allow_tf32)
+    return _read_tf32()
 
 
 def precision(dtype: torch.dtype) -> str:
@@ -676,69 +700,176 @@ def _conv_geometry(p: ConvProblem) -> tuple:
     return (*p.stride, top, left, *p.dilation)
 
 
+# ---- host functions -----------------------------------------------------------------------------------------------
+# A host call's launches depend only on the problem, the operands' strides, dtypes and flags, so each distinct call
+# is planned once: its first call computes the path, batch chunks, grids and scalar arguments and launches through
+# the autotuner (which tunes on that first call); the plan keeps the tuned kernel's inner JITFunction with the
+# winning config's meta-parameters. A repeated call is one dict lookup, the output allocation and the launches —
+# no autotuner key hashing, no grid lambdas, no stride arithmetic (see ``bench host-overhead``).
+@dataclasses.dataclass
+class Plan:
+    """The launches of one planned host call. ``steps``: (batch slice or None for the whole batch, kernel, grid,
+    scalar arguments, meta kwargs) per launch; ``path``/``config``/``splits`` say what runs (row provenance)."""
+
+    path: str
+    steps: list
+    config: dict
+    splits: int = 1
+    direct_out: bool = True
+    out_shape: tuple = ()
+
+    @functools.cached_property
+    def single(self) -> tuple | None:
+        """(kernel, grid, scalars, meta) when the plan is one launch on the whole batch, else None."""
+        return self.steps[0][1:] if len(self.steps) == 1 and self.steps[0][0] is None else None
+
+
+_PLANS: dict[tuple, Plan] = {}
+PLAN_LIMIT = 4096  # distinct calls remembered (a long sweep sees a few hundred); past it the table starts over
+
+
+def _tuned(kernel, grid, tensors: tuple, scalars: tuple, meta: dict) -> tuple:
+    """Launch ``kernel`` (an autotuner) once through the autotuner and return the plan step that replays it:
+    (inner JITFunction, grid tuple, scalars, meta with the chosen config's kwargs), plus that config."""
+    kernel[grid](*tensors, *scalars, **meta)
+    cfg = kernel.best_config
+    full = {**meta, **cfg.all_kwargs()}
+    return (kernel.fn, tuple(grid(full)) if callable(grid) else tuple(grid), scalars, full), cfg
+
+
+def _config_facts(cfg) -> dict:
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def _remember(key: tuple, plan: Plan) -> Plan:
+    if len(_PLANS) >= PLAN_LIMIT:
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
+
+
+def _replay(plan: Plan, tensors: tuple, batched: tuple[int, ...]) -> None:
+    """Launch every step of ``plan`` on ``tensors``, slicing the ``batched`` ones to the step's batch chunk.
+    (``fn.run(..., grid=, warmup=False)`` is what ``fn[grid](...)`` calls, minus building a lambda per launch.)"""
+    for chunk, fn, grid, scalars, meta in plan.steps:
+        args = tensors if chunk is None else tuple(t[chunk] if i in batched else t for i, t in enumerate(tensors))
+        fn.run(*args, *scalars, grid=grid, warmup=False, **meta)
+
+
+def _note(part: str, plan: Plan) -> None:
+    """Tell a recording caller (the bench's validation call) which path and tuned config ran; timed calls check
+    ``_provenance_on`` first and skip building the facts."""
+    facts = {"path": plan.path, "config": plan.config}
+    if part == "wgrad":
+        facts["split_k"] = plan.splits
+    note(backend=f"triton:{part}={plan.path}", triton={part: facts})
+
+
 @launches
 def conv2d_forward(x, weight, bias, p: ConvProblem, relu: bool = False, out_format_of=None) -> torch.Tensor:
     """y = conv2d(x, weight, bias) (then ReLU when ``relu``) in x's dtype, and in the memory format of
     ``out_format_of`` (default x: the caller may pass a channels_last copy of its input and still get torch's
     output format)."""
-    N, G = x.shape[0], p.groups
-    Cg, Kg = p.C // G, p.K // G
     fmt = memory_format(x if out_format_of is None else out_format_of)
-    y = torch.empty((N, p.K, p.P, p.Q), dtype=x.dtype, device=x.device, memory_format=fmt)
-    if N == 0:
-        return y
     path = conv_path(p)
+    key = ("forward", p, path, x.stride(), weight.stride(), fmt, bias is not None, relu, x.dtype, precision(x.dtype),
+           x.device, AUTOTUNE)
+    plan = _PLANS.get(key)
+    y = torch.empty(p.output_shape if plan is None else plan.out_shape, dtype=x.dtype, device=x.device,
+                    memory_format=fmt)
+    if x.shape[0] == 0:
+        return y
     b = bias if bias is not None else y  # never read when HAS_BIAS is False
-    for chunk in batch_chunks(N, x, y):
+    if plan is None:
+        plan = _remember(key, _plan_forward(x, weight, b, y, p, relu, bias is not None, path))
+    elif plan.single is not None:  # the usual case: one launch on the whole batch
+        fn, grid, scalars, meta = plan.single
+        fn.run(x, weight, b, y, *scalars, grid=grid, warmup=False, **meta)
+    else:
+        _replay(plan, (x, weight, b, y), (0, 3))
+    if _provenance_on():
+        _note("forward", plan)
+    return y
+
+
+def _plan_forward(x, weight, b, y, p: ConvProblem, relu: bool, has_bias: bool, path: str) -> Plan:
+    G = p.groups
+    Cg, Kg = p.C // G, p.K // G
+    chunks = batch_chunks(x.shape[0], x, y)
+    steps, cfg = [], None
+    for chunk in chunks:
         xc, yc = x[chunk], y[chunk]
         M = xc.shape[0] * p.P * p.Q
         args = (*xc.stride(), *weight.stride(), *yc.stride(), *_conv_geometry(p))
         if path == "direct":
             grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(p.K, META["BLOCK_N"]))  # noqa: E731
-            _conv_fwd_direct_kernel[grid](xc, weight, b, yc, M, p.K, p.H, p.W, p.P, p.Q, Cg, Kg, *args,
-                                          R=p.R, S=p.S, HAS_BIAS=bias is not None, RELU=relu,
-                                          ACC=acc_dtype(x.dtype))
+            step, cfg = _tuned(_conv_fwd_direct_kernel, grid, (xc, weight, b, yc),
+                               (M, p.K, p.H, p.W, p.P, p.Q, Cg, Kg, *args),
+                               dict(R=p.R, S=p.S, HAS_BIAS=has_bias, RELU=relu, ACC=acc_dtype(x.dtype)))
         else:
             flat = path == "gemm-flat"
             red = p.R * p.S * Cg if flat else Cg
             grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(Kg, META["BLOCK_N"]), G)  # noqa: E731
-            _conv_fwd_gemm_kernel[grid](xc, weight, b, yc, M, Kg, red, p.H, p.W, p.P, p.Q, Cg, *args,
-                                        R=p.R, S=p.S, FLAT_K=flat, HAS_BIAS=bias is not None, RELU=relu,
-                                        PRECISION=precision(x.dtype), UPCAST=_upcast(x.dtype),
-                                        ACC=acc_dtype(x.dtype))
-    return y
+            step, cfg = _tuned(_conv_fwd_gemm_kernel, grid, (xc, weight, b, yc),
+                               (M, Kg, red, p.H, p.W, p.P, p.Q, Cg, *args),
+                               dict(R=p.R, S=p.S, FLAT_K=flat, HAS_BIAS=has_bias, RELU=relu,
+                                    PRECISION=precision(x.dtype), UPCAST=_upcast(x.dtype), ACC=acc_dtype(x.dtype)))
+        steps.append((None if len(chunks) == 1 else chunk, *step))
+    return Plan(path, steps, _config_facts(cfg), out_shape=tuple(y.shape))
 
 
 @launches
 def conv2d_dgrad(dy, weight, p: ConvProblem, x_like: torch.Tensor, y=None) -> torch.Tensor:
     """dx of conv2d in x_like's dtype and memory format; ``y`` (same strides as dy) masks dy where y ≤ 0."""
-    N, G = dy.shape[0], p.groups
-    Cg, Kg = p.C // G, p.K // G
-    dx = torch.empty(x_like.shape, dtype=x_like.dtype, device=dy.device, memory_format=memory_format(x_like))
+    N = dy.shape[0]
+    fmt = memory_format(x_like)
+    dx = torch.empty(x_like.shape, dtype=x_like.dtype, device=dy.device, memory_format=fmt)
     if N == 0:
         return dx
-    sh, sw = p.stride
+    yy = y if y is not None else dy
     path = dgrad_path(p)
-    for chunk in batch_chunks(N, dy, dx):
-        dyc, dxc = dy[chunk], dx[chunk]
-        yc = y[chunk] if y is not None else dyc
+    key = ("dgrad", p, path, dy.stride(), weight.stride(), fmt, x_like.dtype, y is not None, dy.dtype,
+           precision(dy.dtype), dy.device, AUTOTUNE)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _remember(key, _plan_dgrad(dy, weight, yy, dx, p, y is not None, path))
+    elif plan.single is not None:
+        fn, grid, scalars, meta = plan.single
+        fn.run(dy, weight, yy, dx, *scalars, grid=grid, warmup=False, **meta)
+    else:
+        _replay(plan, (dy, weight, yy, dx), (0, 2, 3))
+    if _provenance_on():
+        _note("dgrad", plan)
+    return dx
+
+
+def _plan_dgrad(dy, weight, y, dx, p: ConvProblem, relu_mask: bool, path: str) -> Plan:
+    G = p.groups
+    Cg, Kg = p.C // G, p.K // G
+    sh, sw = p.stride
+    chunks = batch_chunks(dy.shape[0], dy, dx)
+    steps, cfg = [], None
+    for chunk in chunks:
+        dyc, dxc, yc = dy[chunk], dx[chunk], y[chunk]
         n = dyc.shape[0]
         M = n * triton.cdiv(p.H, sh) * triton.cdiv(p.W, sw)  # pixels of the largest phase
-        steps = (sh // math.gcd(sh, p.dilation[0]), sw // math.gcd(sw, p.dilation[1]))
-        args = (*dyc.stride(), *weight.stride(), *dxc.stride(), *_conv_geometry(p), *steps)
+        phase_steps = (sh // math.gcd(sh, p.dilation[0]), sw // math.gcd(sw, p.dilation[1]))
+        args = (*dyc.stride(), *weight.stride(), *dxc.stride(), *_conv_geometry(p), *phase_steps)
         if path == "direct":
             grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(p.C, META["BLOCK_N"]),  # noqa: E731
                                       sh * sw)
-            _conv_dgrad_direct_kernel[grid](dyc, weight, yc, dxc, M, p.C, n, p.H, p.W, p.P, p.Q, Cg, Kg, *args,
-                                            R=p.R, S=p.S, RELU_MASK=y is not None, ACC=acc_dtype(dy.dtype))
+            step, cfg = _tuned(_conv_dgrad_direct_kernel, grid, (dyc, weight, yc, dxc),
+                               (M, p.C, n, p.H, p.W, p.P, p.Q, Cg, Kg, *args),
+                               dict(R=p.R, S=p.S, RELU_MASK=relu_mask, ACC=acc_dtype(dy.dtype)))
         else:
             grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(Cg, META["BLOCK_N"]),  # noqa: E731
                                       G * sh * sw)
-            _conv_dgrad_gemm_kernel[grid](dyc, weight, yc, dxc, M, Cg, Kg, n, p.H, p.W, p.P, p.Q, Kg, *args,
-                                          R=p.R, S=p.S, RELU_MASK=y is not None,
-                                          PRECISION=precision(dy.dtype), UPCAST=_upcast(dy.dtype),
-                                          ACC=acc_dtype(dy.dtype))
-    return dx
+            step, cfg = _tuned(_conv_dgrad_gemm_kernel, grid, (dyc, weight, yc, dxc),
+                               (M, Cg, Kg, n, p.H, p.W, p.P, p.Q, Kg, *args),
+                               dict(R=p.R, S=p.S, RELU_MASK=relu_mask, PRECISION=precision(dy.dtype),
+                                    UPCAST=_upcast(dy.dtype), ACC=acc_dtype(dy.dtype)))
+        steps.append((None if len(chunks) == 1 else chunk, *step))
+    return Plan(path, steps, _config_facts(cfg))
 
 
 @launches
@@ -747,49 +878,40 @@ def conv2d_wgrad(dy, x, p: ConvProblem, w_dtype: torch.dtype, b_dtype: torch.dty
     """(dw, db) of conv2d, contiguous, in dtypes w_dtype / b_dtype (db only when b_dtype is given).
 
     ``splits`` overrides the split-K policy (wgrad_splits); ``y`` (same strides as dy) masks dy where y ≤ 0."""
-    N, G = x.shape[0], p.groups
-    Cg, Kg = p.C // G, p.K // G
     dev = dy.device
     want_bias = b_dtype is not None
-    chunks = batch_chunks(N, dy, x) if N else []
-    if not chunks:
+    if x.shape[0] == 0:
         dw = torch.zeros(p.weight_shape, dtype=w_dtype, device=dev)
         return dw, (torch.zeros(p.K, dtype=b_dtype, device=dev) if want_bias else None)
+    yy = y if y is not None else dy
     path = wgrad_path(p)
     splits = splits or wgrad_splits(p, dev, path)
+    key = ("wgrad", p, path, splits, dy.stride(), x.stride(), w_dtype, b_dtype, y is not None, dy.dtype,
+           precision(dy.dtype), dev, AUTOTUNE)
+    plan = _PLANS.get(key)
     acc_t = torch.float64 if dy.dtype == torch.float64 else torch.float32
-    # several batch chunks (tensors past int32 offsets) are summed like extra splits
-    direct_out = splits == 1 and len(chunks) == 1
+    if plan is None:
+        n_chunks = len(batch_chunks(x.shape[0], dy, x))
+        direct_out = splits == 1 and n_chunks == 1  # several batch chunks are summed like extra splits
+    else:
+        direct_out, n_chunks = plan.direct_out, len(plan.steps)
     if direct_out:
         dw = torch.empty(p.weight_shape, dtype=w_dtype, device=dev)
         db = torch.empty(p.K, dtype=b_dtype, device=dev) if want_bias else dw
         parts, bparts = dw.unsqueeze(0), db.unsqueeze(0)
     else:
-        parts = torch.empty((splits * len(chunks), *p.weight_shape), dtype=acc_t, device=dev)
-        bparts = torch.empty((splits * len(chunks), p.K), dtype=acc_t, device=dev) if want_bias else parts
-    for ci, chunk in enumerate(chunks):
-        dyc, xc = dy[chunk], x[chunk]
-        yc = y[chunk] if y is not None else dyc
-        L = xc.shape[0] * p.P * p.Q
-        rows = triton.cdiv(L, splits)
-        part, bpart = parts[ci * splits:], bparts[ci * splits:]
-        args = (*dyc.stride(), *xc.stride(), part.stride(0), *part.stride()[1:], bpart.stride(0),
-                *_conv_geometry(p))
-        if path == "direct":
-            grid = lambda META: (p.R * p.S * Cg, triton.cdiv(p.K, META["BLOCK_N"]), splits)  # noqa: E731
-            _conv_wgrad_direct_kernel[grid](dyc, xc, yc, part, bpart, L, p.K, rows, p.H, p.W, p.P, p.Q, Cg, Kg,
-                                            *args, R=p.R, S=p.S, HAS_BIAS=want_bias, RELU_MASK=y is not None,
-                                            ACC=acc_dtype(dy.dtype))
-        else:
-            flat = path == "gemm-flat"
-            cols = p.R * p.S * Cg if flat else Cg
-            taps = 1 if flat else p.R * p.S
-            grid = lambda META, cols=cols, taps=taps: (  # noqa: E731
-                triton.cdiv(Kg, META["BLOCK_M"]) * triton.cdiv(cols, META["BLOCK_N"]), G * taps, splits)
-            _conv_wgrad_gemm_kernel[grid](dyc, xc, yc, part, bpart, Kg, cols, L, rows, p.H, p.W, p.P, p.Q, Cg,
-                                          *args, R=p.R, S=p.S, FLAT=flat, HAS_BIAS=want_bias,
-                                          RELU_MASK=y is not None, PRECISION=precision(dy.dtype),
-                                          UPCAST=_upcast(dy.dtype), ACC=acc_dtype(dy.dtype))
+        parts = torch.empty((splits * n_chunks, *p.weight_shape), dtype=acc_t, device=dev)
+        bparts = torch.empty((splits * n_chunks, p.K), dtype=acc_t, device=dev) if want_bias else parts
+    if plan is None:
+        plan = _remember(key, _plan_wgrad(dy, x, yy, parts, bparts, p, want_bias, y is not None, path, splits,
+                                          direct_out))
+    else:
+        for (chunk, fn, grid, scalars, meta), ci in zip(plan.steps, range(n_chunks)):
+            dyc, xc, yc = (dy, x, yy) if chunk is None else (dy[chunk], x[chunk], yy[chunk])
+            part, bpart = (parts, bparts) if ci == 0 else (parts[ci * splits:], bparts[ci * splits:])
+            fn.run(dyc, xc, yc, part, bpart, *scalars, grid=grid, warmup=False, **meta)
+    if _provenance_on():
+        _note("wgrad", plan)
     if direct_out:
         return dw, (db if want_bias else None)
     dw = torch.empty(p.weight_shape, dtype=w_dtype, device=dev)
@@ -799,6 +921,38 @@ def conv2d_wgrad(dy, x, p: ConvProblem, w_dtype: torch.dtype, b_dtype: torch.dty
         db = torch.empty(p.K, dtype=b_dtype, device=dev)
         split_reduce(bparts, db)
     return dw, db
+
+
+def _plan_wgrad(dy, x, y, parts, bparts, p: ConvProblem, want_bias: bool, relu_mask: bool, path: str, splits: int,
+                direct_out: bool) -> Plan:
+    G = p.groups
+    Cg, Kg = p.C // G, p.K // G
+    chunks = batch_chunks(x.shape[0], dy, x)
+    steps, cfg = [], None
+    for ci, chunk in enumerate(chunks):
+        dyc, xc, yc = dy[chunk], x[chunk], y[chunk]
+        L = xc.shape[0] * p.P * p.Q
+        rows = triton.cdiv(L, splits)
+        part, bpart = parts[ci * splits:], bparts[ci * splits:]
+        args = (*dyc.stride(), *xc.stride(), part.stride(0), *part.stride()[1:], bpart.stride(0),
+                *_conv_geometry(p))
+        if path == "direct":
+            grid = lambda META: (p.R * p.S * Cg, triton.cdiv(p.K, META["BLOCK_N"]), splits)  # noqa: E731
+            step, cfg = _tuned(_conv_wgrad_direct_kernel, grid, (dyc, xc, yc, part, bpart),
+                               (L, p.K, rows, p.H, p.W, p.P, p.Q, Cg, Kg, *args),
+                               dict(R=p.R, S=p.S, HAS_BIAS=want_bias, RELU_MASK=relu_mask, ACC=acc_dtype(dy.dtype)))
+        else:
+            flat = path == "gemm-flat"
+            cols = p.R * p.S * Cg if flat else Cg
+            taps = 1 if flat else p.R * p.S
+            grid = lambda META, cols=cols, taps=taps: (  # noqa: E731
+                triton.cdiv(Kg, META["BLOCK_M"]) * triton.cdiv(cols, META["BLOCK_N"]), G * taps, splits)
+            step, cfg = _tuned(_conv_wgrad_gemm_kernel, grid, (dyc, xc, yc, part, bpart),
+                               (Kg, cols, L, rows, p.H, p.W, p.P, p.Q, Cg, *args),
+                               dict(R=p.R, S=p.S, FLAT=flat, HAS_BIAS=want_bias, RELU_MASK=relu_mask,
+                                    PRECISION=precision(dy.dtype), UPCAST=_upcast(dy.dtype), ACC=acc_dtype(dy.dtype)))
+        steps.append((None if len(chunks) == 1 else chunk, *step))
+    return Plan(path, steps, _config_facts(cfg), splits, direct_out)
 
 
 @launches
