@@ -427,7 +427,7 @@ def _label(case) -> str:
 def ab_command(args) -> int:
     """Validate everything (nothing is created on bad usage), then measure; the contract's exit codes."""
     from .runner import RunOptions
-    from .select import parse_shard, parse_where, select_cases
+    from .select import parse_shard, parse_where, select_cases, select_impls
 
     metrics = list(dict.fromkeys(args.metric or ["time"]))
     if args.threshold is not None and not (0 < args.threshold < 1):
@@ -482,7 +482,8 @@ def ab_command(args) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    run = ABRun(sides, cases, args.impl, args.device, threads, SUITES[args.suite].timing, ABTiming(), thresholds,
+    impls = select_impls(args.impl, args.compile_mode) if (args.impl or args.compile_mode) else None
+    run = ABRun(sides, cases, impls, args.device, threads, SUITES[args.suite].timing, ABTiming(), thresholds,
                 args.seed, args.timeout, not args.no_progress)
     tables, infos = {}, {}
     scratch = None

@@ -19,7 +19,13 @@ def _filters(p, default_suite: str) -> None:
     p.add_argument("--suite", default=default_suite, choices=sorted(SUITE_NAMES),
                    help=f"which cases (default: {default_suite})")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--impl", nargs="+", metavar="NAME", help="implementations to run (default: all registered)")
+    p.add_argument("--impl", nargs="+", metavar="NAME",
+                   help="implementations to run (default: all registered except opt-in variants such as "
+                        "compile-max-autotune)")
+    p.add_argument("--compile-mode", nargs="+", metavar="MODE",
+                   choices=["default", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile modes to run, each its own implementation (compile, compile-max-autotune, "
+                        "compile-max-autotune-no-cudagraphs); replaces the compile variants of the selection")
     p.add_argument("--op", nargs="+", choices=OPS, help="operations to run (default: all in the suite)")
     p.add_argument("--dtype", nargs="+", choices=["float32", "tf32", "float16", "bfloat16", "float64"])
     p.add_argument("--layout", nargs="+", choices=["nchw", "channels_last"])
@@ -67,6 +73,9 @@ def _run_parser(sub) -> None:
                    help="time (default), or instructions: Callgrind counts per call, the whole suite in one "
                         "valgrind process (CPU; needs valgrind)")
     p.add_argument("--out", type=Path, help="run directory (default: results/runs/<utc-time>-<host>-<device>/)")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="reuse the machine's Inductor/Triton caches (default: fresh ones per run, so compile_s is a "
+                        "cold compile; env.json says which)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="DIR",
                    help="continue the run in --out (or DIR), skipping finished cases")
     p.add_argument("--timeout", type=_positive("--timeout"), default=300.0, metavar="S",
@@ -193,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             resume_dir = args.resume if isinstance(args.resume, str) else None
             if args.resume and not (resume_dir or args.out):
                 raise UsageError("--resume needs the run directory: --resume DIR or --resume --out DIR")
-            opts = RunOptions(suite=args.suite, device=args.device, impls=args.impl, ops=args.op, dtypes=args.dtype,
-                              layouts=args.layout, where=parse_where(args.where),
+            opts = RunOptions(suite=args.suite, device=args.device, impls=args.impl, compile_modes=args.compile_mode,
+                              ops=args.op, dtypes=args.dtype, layouts=args.layout, where=parse_where(args.where),
                               out=Path(resume_dir) if resume_dir else args.out, resume=bool(args.resume),
                               shard=parse_shard(args.shard), threads=args.threads, timeout=args.timeout,
                               max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress,
-                              profile=args.profile, metric=args.metric)
+                              profile=args.profile, metric=args.metric,
+                              warm_cache=args.warm_cache)
             return run(opts)
         if args.command == "ab":
             from .ab import ab_command

@@ -14,6 +14,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -103,20 +104,54 @@ def _throttle_names(nv, mask: int) -> list[str]:
     return sorted(set(names) - {"GpuIdle", "ApplicationsClocksSetting"})
 
 
-def busy_processes(limit: int = 5) -> list[str]:
-    """Other processes using CPU right now (from ``ps``), heaviest first — a loaded machine makes noisy timings."""
-    try:
-        out = subprocess.run(["ps", "-eo", "pcpu,pid,comm", "--sort=-pcpu"], capture_output=True, text=True,
-                             timeout=5).stdout.splitlines()[1:]
-    except (OSError, subprocess.SubprocessError):
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """pid → (parent pid, command, CPU ticks used so far) for every process, from /proc (Linux)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended between listing and reading
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        table[int(stat.parent.name)] = (int(fields[1]), comm, int(fields[11]) + int(fields[12]))
+    return table
+
+
+def own_processes(table: dict[int, tuple[int, str, int]], me: int) -> set[int]:
+    """This process, its ancestors (the shell, nox) and its descendants (the worker, compile workers, a ps) —
+    not its ancestors' other children, which are neighbours."""
+    ancestors, pid = set(), me
+    while pid in table and table[pid][0] > 0 and table[pid][0] not in ancestors:
+        pid = table[pid][0]
+        ancestors.add(pid)
+    mine, grew = {me}, True
+    while grew:
+        kids = {p for p, (parent, _, _) in table.items() if parent in mine and p not in mine}
+        mine |= kids
+        grew = bool(kids)
+    return ancestors | mine
+
+
+def busy_processes(limit: int = 5, window_s: float = 0.5, threshold: float = 20.0) -> list[str]:
+    """Other processes using CPU now, heaviest first — a loaded machine makes noisy timings. CPU share is measured
+    over ``window_s`` from /proc (not ps's lifetime average, which calls every short-lived process busy), and the
+    run's own process tree is left out: it is the benchmark, not a neighbour. Empty where /proc is missing."""
+    if not Path("/proc/self/stat").exists():
         return []
-    mine = {os.getpid(), os.getppid()}
+    before = _proc_table()
+    time.sleep(window_s)
+    after = _proc_table()
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    own = own_processes(after, os.getpid())
     busy = []
-    for line in out:
-        parts = line.split(None, 2)
-        if len(parts) == 3 and float(parts[0]) >= 20.0 and int(parts[1]) not in mine:
-            busy.append(f"{parts[2]} (pid {parts[1]}, {parts[0]}% CPU)")
-    return busy[:limit]
+    for pid, (_, comm, ticks) in after.items():
+        if pid in own or pid not in before:
+            continue
+        pct = (ticks - before[pid][2]) / hz / window_s * 100
+        if pct >= threshold:
+            busy.append((pct, f"{comm} (pid {pid}, {pct:.0f}% CPU)"))
+    return [text for _, text in sorted(busy, reverse=True)[:limit]]
 
 
 def capture(device: str, threads: int, suite: str, suite_hash: str, argv: list[str]) -> dict:
@@ -135,8 +170,7 @@ def capture(device: str, threads: int, suite: str, suite_hash: str, argv: list[s
         "timer": "cuda-events" if device == "cuda" else "perf_counter",
         "settings": {"TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
                      "CUDA_LAUNCH_BLOCKING": os.environ.get("CUDA_LAUNCH_BLOCKING"),
-                     "cudnn_benchmark": device == "cuda", "CONVBENCH_COMPILE_MODE":
-                         os.environ.get("CONVBENCH_COMPILE_MODE")},
+                     "cudnn_benchmark": device == "cuda"},
         "warnings": [],
     }
     env["warnings"] += start_warnings(env)

@@ -15,11 +15,23 @@ from dataclasses import dataclass
 import torch
 
 import kernels
+from kernels._provenance import merge
 from reference import Check, check, check_exact, combine, oracle
 
 from .cases import Case
 from .suites import Timing
-from .timing import NOISY_IQR, Sampler, calibrate_loops, summarize, synchronize, time_interleaved, warm_up
+from .timing import (
+    NOISY_IQR,
+    Sampler,
+    back_to_back_ms,
+    calibrate_loops,
+    enqueue_ms,
+    host_overhead_us,
+    summarize,
+    synchronize,
+    time_interleaved,
+    warm_up,
+)
 
 GRAD_SEED = 1234  # the fixed output gradient of conv2d_backward cases
 TRAIN_CHECK_STEPS = 5  # train_step cases: steps checked against the float64 reference before timing
@@ -96,14 +108,29 @@ def build_call(impl, case: Case, seed: int,
         return call, verify
     if case.op == "conv2d_backward":
         t = fresh_inputs(case, seed, True)
-        leaves = [v for v in t.values() if v is not None]
-        out = impl.conv2d(t["input"], t["weight"], t["bias"], **p.kwargs())  # the graph the timed backward re-walks
-        grad_out = expected.grad_out
-
-        def call():
-            return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
-        return call, lambda grads: combine(*(check(g, e, dtype) for g, e in zip(grads, expected.grads)))
+        return BackwardCall(impl, t, p.kwargs(), expected.grad_out), \
+            lambda grads: combine(*(check(g, e, dtype) for g, e in zip(grads, expected.grads)))
     raise ValueError(f"measure: op {case.op!r} is not measured here")
+
+
+class BackwardCall:
+    """A conv2d_backward case's timed callable: the gradients of one forward graph, re-walked every call. The
+    graph is built on the first call, so that call (whose cost beyond a steady call is compile_s) holds all the
+    implementation's first-call work — a compiled forward and backward, an autotuned forward and the backward
+    kernels — on inputs that already exist; what the forward ran is recorded apart (``forward_record``), so the
+    row's backend names the backward."""
+
+    def __init__(self, impl, tensors: dict, kwargs: dict, grad_out: torch.Tensor) -> None:
+        self.impl, self.t, self.kwargs, self.grad_out = impl, tensors, kwargs, grad_out
+        self.leaves = [v for v in tensors.values() if v is not None]
+        self.out = None
+        self.forward_record = None
+
+    def __call__(self):
+        if self.out is None:
+            with kernels.recording() as self.forward_record:
+                self.out = self.impl.conv2d(self.t["input"], self.t["weight"], self.t["bias"], **self.kwargs)
+        return torch.autograd.grad(self.out, self.leaves, self.grad_out, retain_graph=True)
 
 
 class TrainCall:
@@ -145,6 +172,20 @@ class Outcome:
     max_rel_err: float | None = None
     warning: str = ""
     instructions: float | None = None  # Callgrind count per call (run --metric instructions)
+    provenance: dict | None = None  # what the implementation said it ran (kernels.note facts), for the row
+    host_us: float | None = None  # GPU: back-to-back wall time per call minus device time
+
+
+def _what_ran(first, *others) -> kernels.Record:
+    """One record for the row: the labels of the first timed-callable call (what is timed; else those of the
+    setup, e.g. a train row's checked steps), and the facts of every record (compile counters and generated code
+    may come from the forward a backward row builds, or from a train row's first checked step)."""
+    facts: dict = {}
+    for rec in (*others, first):
+        if rec is not None:
+            merge(facts, rec.facts)
+    labels = first.labels or next((r.labels for r in others if r is not None and r.labels), [])
+    return kernels.Record(list(labels), facts)
 
 
 def _describe(exc: BaseException) -> str:
@@ -183,32 +224,38 @@ def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
         impl = kernels.get(name)
         backend = impl.backend(case.op, case.device, case.problem)
         why = impl.unavailable_reason(case.device)
-        if why:
-            report(Outcome(name, "unsupported", why, backend))
+        if why:  # nothing ran: the backend is none
+            report(Outcome(name, "unsupported", why, "none"))
             continue
         only_check = impl.correctness_only(case.device)
         if only_check and case.flops() > INTERPRETER_FLOP_LIMIT:
             report(Outcome(name, "skipped", f"{only_check}; case too large to check there ({case.flops():.3g} FLOP)",
-                           backend))
+                           "none"))
             continue
         phase(name, "validate")
         try:
+            with kernels.recording() as setup:  # inputs (and, for backward and train rows, what they need)
+                call, verify = build_call(impl, case, seed, expected)
+            # compile_s starts here, on existing inputs: the first timed-callable call compiles / autotunes
             t0 = time.perf_counter()
-            call, verify = build_call(impl, case, seed, expected)
-            result = call()  # the first call: compiles, autotunes, allocates
-            synchronize(case.device)
+            with kernels.recording() as first:
+                result = call()
+                synchronize(case.device)
             first_s = getattr(call, "first_step_s", None) or time.perf_counter() - t0
             verdict = verify(result)
         except Exception as exc:  # noqa: BLE001 — any failure of an implementation is a result, not a crash
             report(Outcome(name, "error", _describe(exc), backend))
             continue
+        ran = _what_ran(first, setup, getattr(call, "forward_record", None))
+        backend, facts = impl.ran(case.op, case.device, case.problem, ran), ran.facts or None
         abs_err, rel_err = _errs(verdict)
         if not verdict.ok:
-            report(Outcome(name, "mismatch", verdict.detail, backend, max_abs_err=abs_err, max_rel_err=rel_err))
+            report(Outcome(name, "mismatch", verdict.detail, backend, max_abs_err=abs_err, max_rel_err=rel_err,
+                           provenance=facts))
             continue
         if only_check:
             report(Outcome(name, "skipped", f"{only_check}: agrees with the oracle, not timed", backend,
-                           max_abs_err=abs_err, max_rel_err=rel_err))
+                           max_abs_err=abs_err, max_rel_err=rel_err, provenance=facts))
             continue
         try:
             phase(name, "warm-up")
@@ -217,8 +264,10 @@ def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
             report(Outcome(name, "error", _describe(exc), backend, max_abs_err=abs_err, max_rel_err=rel_err))
             continue
         sampler = Sampler(name, call, calibrate_loops(call_ms, case.device, timing.target_sample_ms))
-        ready[name] = Prepared(sampler, Outcome(name, "ok", "", backend, max_abs_err=abs_err, max_rel_err=rel_err),
-                               first_s, call_ms)
+        if case.device == "cuda":
+            sampler.host_ms = min(enqueue_ms(call) for _ in range(3))
+        ready[name] = Prepared(sampler, Outcome(name, "ok", "", backend, max_abs_err=abs_err, max_rel_err=rel_err,
+                                                provenance=facts), first_s, call_ms)
     return ready
 
 
@@ -238,16 +287,53 @@ def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
         return
     for p in ready.values():
         sampler, outcome = p.sampler, p.outcome
+        impl = kernels.get(outcome.impl)
+        try:
+            with kernels.recording() as after:  # one more call: did the timed calls run the steady state?
+                kernels_ran = gpu_kernels(sampler.fn) if case.device == "cuda" else None
+                if kernels_ran is None:
+                    sampler.fn()
+                    synchronize(case.device)
+            unsteady = impl.steady_state_problem(after)
+            if kernels_ran:
+                outcome.provenance = {**(outcome.provenance or {}), "gpu_kernels": kernels_ran}
+        except Exception as exc:  # noqa: BLE001
+            unsteady = f"the call after timing failed: {_describe(exc)}"
+        if unsteady:
+            report(Outcome(outcome.impl, "error", unsteady, outcome.backend, provenance=outcome.provenance))
+            continue
         stats = summarize(sampler.samples_ms)
+        if case.device == "cuda":  # the host cost the device time leaves out
+            calls = max(3, min(200, int(200 / max(stats.median_ms, 1e-3))))
+            outcome.host_us = host_overhead_us(back_to_back_ms(sampler.fn, case.device, calls), stats.median_ms)
         outcome.times_ms = tuple(sampler.samples_ms)
         outcome.loops = sampler.loops
-        if kernels.get(outcome.impl).jit:  # the first call's cost beyond one steady call: compile/autotune time
+        if impl.jit:  # the first call's cost beyond one steady call: compile/autotune time
             outcome.compile_s = max(0.0, p.first_s - stats.median_ms / 1e3)
         if stats.spread > NOISY_IQR:
             outcome.warning = f"noisy: IQR is {stats.spread:.0%} of the median"
         if retried:
             outcome.warning = "; ".join(filter(None, [outcome.warning, "re-timed once after a noisy first attempt"]))
         report(outcome)
+
+
+def gpu_kernels(fn, top: int = 8) -> list[dict] | None:
+    """The GPU kernels one steady call launches, by device time (torch.profiler): the names say which cuDNN
+    engine, cuBLAS GEMM or generated kernel ran. None where the profiler is unavailable."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        cuda = torch.autograd.DeviceType.CUDA
+        events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0
+                  and getattr(e, "device_type", cuda) == cuda]  # kernels, not the CPU ops that launched them
+    except Exception:  # noqa: BLE001 — a profiler that cannot start (CUPTI busy) leaves the row unlabelled
+        return None
+    events.sort(key=lambda e: -e.device_time_total)
+    return [{"name": e.key[:160], "us": round(e.device_time_total, 2), "calls": e.count} for e in events[:top]]
 
 
 def time_case(samplers: list[Sampler], device: str, timing: Timing, phase) -> bool:
@@ -262,7 +348,7 @@ def time_case(samplers: list[Sampler], device: str, timing: Timing, phase) -> bo
     if worst(samplers) <= NOISY_IQR:
         return False
     time.sleep(0.5)
-    again = [Sampler(s.name, s.fn, s.loops) for s in samplers]
+    again = [Sampler(s.name, s.fn, s.loops, host_ms=s.host_ms) for s in samplers]
     time_interleaved(again, device, timing, on_sample=lambda name: phase(name, "time"))
     if worst(again) < worst(samplers):
         for old, new in zip(samplers, again):

@@ -135,7 +135,7 @@ def serve(conn: Connection, device: str, threads: int) -> None:
     from reference import __file__ as reference_file
 
     from .measure import prepare_case
-    from .timing import L2Flush, take_sample
+    from .timing import L2Flush, SleepClock, enqueue_ms, take_sample
 
     torch.set_num_threads(threads)
     counter = None
@@ -143,11 +143,13 @@ def serve(conn: Connection, device: str, threads: int) -> None:
         from .callgrind import Counter
 
         counter = Counter(Path(os.environ["CONVBENCH_CALLGRIND_OUT"]))
-    conn.send(("ok", {"threads": torch.get_num_threads(), "impls": list(kernels.names()),
+    defaults = getattr(kernels, "default_names", kernels.names)()  # a revision before opt-in variants: all
+    conn.send(("ok", {"threads": torch.get_num_threads(), "impls": list(defaults),
                       "kernels": str(Path(kernels.__file__).resolve().parent),
                       "reference": str(Path(reference_file).resolve().parent), "pid": os.getpid(),
                       "load_errors": dict(kernels.load_errors())}))
     flush = L2Flush() if device == "cuda" else None
+    clock = SleepClock() if device == "cuda" else None
     ready: dict = {}
     gc.disable()  # samples are taken without the collector, as in bench run; collected between cases
     while True:
@@ -167,7 +169,9 @@ def serve(conn: Connection, device: str, threads: int) -> None:
                 _, name, loops = msg
                 sampler = ready[name].sampler
                 sampler.loops = loops
-                conn.send(("ok", take_sample(sampler, device, flush)))
+                if clock is not None and not sampler.host_ms:
+                    sampler.host_ms = min(enqueue_ms(sampler.fn) for _ in range(3))
+                conn.send(("ok", take_sample(sampler, device, flush, clock)))
             elif msg[0] == "count":
                 _, name, calls = msg
                 if counter is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from .cases import Case
@@ -26,7 +27,9 @@ def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int) -> di
                gbps="", images_per_s="", compile_s=_num(outcome.compile_s, 4), max_abs_err=_num(outcome.max_abs_err, 4),
                max_rel_err=_num(outcome.max_rel_err, 4), timing_mode="")
     extras = dict(case_key=case.key, options=case.options_text().strip(), threads=threads, loops="", ci_low_ms="",
-                  ci_high_ms="", warning=outcome.warning, instructions=_num(outcome.instructions, 10))
+                  ci_high_ms="", warning=outcome.warning, instructions=_num(outcome.instructions, 10),
+                  host_us=_num(outcome.host_us, 4),
+                  provenance=json.dumps(outcome.provenance, sort_keys=True, default=str) if outcome.provenance else "")
     if outcome.instructions is not None:
         row["timing_mode"] = timing_mode
     if outcome.status == "ok" and outcome.times_ms:

@@ -35,6 +35,7 @@ class RunOptions:
     suite: str = "quick"
     device: str = "cpu"
     impls: list[str] | None = None
+    compile_modes: list[str] | None = None  # torch.compile modes to run (compile variants), e.g. default max-autotune
     ops: list[str] | None = None
     dtypes: list[str] | None = None
     layouts: list[str] | None = None
@@ -49,6 +50,7 @@ class RunOptions:
     progress: bool = True
     profile: bool = False
     metric: str = "time"  # or "instructions": Callgrind counts, the whole selection in one valgrind process
+    warm_cache: bool = False  # reuse the machine's Inductor/Triton caches instead of fresh ones for this run
 
 
 def default_threads() -> int:
@@ -120,7 +122,7 @@ def run(opts: RunOptions) -> int:
         raise UsageError("--device cuda: no CUDA device is available on this machine")
     if opts.device not in ("cpu", "cuda"):
         raise UsageError(f"--device must be cpu or cuda, got {opts.device!r}")
-    impls = select_impls(opts.impls)
+    impls = select_impls(opts.impls, opts.compile_modes)
     cases = select_cases(opts)
     if not cases:
         raise UsageError("no case matches the selection (--suite/--op/--dtype/--layout/--where/--shard)")
@@ -153,13 +155,15 @@ def run(opts: RunOptions) -> int:
         print(f"warning: {w}", file=sys.stderr)
     done = {row_id(r) for r in previous}
     rows = list(previous)
-    timing_mode = "cuda-events,l2-flush" if opts.device == "cuda" else f"perf_counter,threads={threads}"
+    timing_mode = "cuda-events,l2-flush,sleep-prefix" if opts.device == "cuda" else f"perf_counter,threads={threads}"
     writer = JsonlWriter(out / "results.jsonl")
+    cache_dir = None
     if opts.metric == "instructions":
         supervisor = InstructionSupervisor(out, opts.device, opts.timeout)
         timing_mode = "callgrind,instructions-per-call,arch=x86-64-v3"
     else:
-        supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env()), opts.timeout)
+        cache_env, env["compile_cache"], cache_dir = compile_caches(opts.warm_cache)
+        supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env() + cache_env), opts.timeout)
     progress = Progress(len(cases), opts.progress)
     interrupted = False
     try:
@@ -178,10 +182,13 @@ def run(opts: RunOptions) -> int:
         progress.close()
         supervisor.close()
         writer.close()
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
     if opts.profile and not interrupted:
         _profile(out, cases, impls, threads)
     env = envmod.finish(env, rows)
     env["worker_restarts"] = supervisor.restarts
+    env["worker_warmup_s"] = getattr(supervisor, "warmups", [])
     env["complete"] = not interrupted
     finalize(out, rows, env)
     print_summary(rows, out)
@@ -237,8 +244,26 @@ class InstructionSupervisor:
         shutil.rmtree(self.farm, ignore_errors=True)
 
 
+def compile_caches(warm: bool) -> tuple[tuple[tuple[str, str], ...], dict, Path | None]:
+    """The Inductor and Triton cache directories of a run's workers. Cold (the default): fresh empty ones, removed
+    at the end, so compile_s measures compilation and not whatever earlier runs left on disk (identical code gave
+    0.9–1.3 s in one run and 0.06–0.1 s in the next). Warm (--warm-cache): the machine's own caches, as set in the
+    environment or torch's and Triton's defaults. Returns (worker environment, env.json entry, dir to remove)."""
+    if warm:
+        import getpass
+
+        dirs = {"inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+                or str(Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"),
+                "triton": os.environ.get("TRITON_CACHE_DIR") or str(Path.home() / ".triton" / "cache")}
+        return (), {"mode": "warm", **dirs}, None
+    root = Path(tempfile.mkdtemp(prefix="convbench-compile-cache-"))
+    dirs = {"inductor": str(root / "inductor"), "triton": str(root / "triton")}
+    return (("TORCHINDUCTOR_CACHE_DIR", dirs["inductor"]), ("TRITON_CACHE_DIR", dirs["triton"])), \
+        {"mode": "cold", **dirs}, root
+
+
 def _worker_env() -> tuple[tuple[str, str], ...]:
-    keep = ("TRITON_INTERPRET", "CONVBENCH_COMPILE_MODE", "CUDA_VISIBLE_DEVICES")
+    keep = ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
     return tuple((k, os.environ[k]) for k in keep if k in os.environ)
 
 

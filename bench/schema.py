@@ -22,7 +22,8 @@ import pandas as pd
 COLUMNS = ("op impl device backend dtype layout batch in_channels out_channels height width kernel_h kernel_w stride "
            "padding dilation groups status error median_ms iqr_ms min_ms samples times_ms flops bytes gflops gbps "
            "images_per_s compile_s max_abs_err max_rel_err timing_mode").split()
-EXTRA_COLUMNS = ("case_key", "options", "threads", "loops", "ci_low_ms", "ci_high_ms", "warning", "instructions")
+EXTRA_COLUMNS = ("case_key", "options", "threads", "loops", "ci_low_ms", "ci_high_ms", "warning", "instructions",
+                 "host_us", "provenance")
 OPS = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
 #: the suites bench/suites.py defines (named here so that the CLI parses without importing torch)
 SUITE_NAMES = ("smoke", "quick", "full", "resnet50", "simplecnn")

@@ -4,6 +4,11 @@ CPU: ``time.perf_counter`` around ``loops`` back-to-back calls (loops calibrated
 ``target_sample_ms``; the thread count is set explicitly by the caller and recorded), garbage collection off.
 GPU: one call per sample between two CUDA events, with the L2 cache flushed (a write of twice its size) before
 each sample so that no implementation is timed on data its predecessor left in cache; synchronised per sample.
+Between the flush and the start event the GPU is kept busy by a ``torch.cuda._sleep`` sized from the call's own
+measured host time (×1.5 + 20 µs), so the host work of the call (Python dispatch, autotuner lookup, autograd,
+Dynamo guards) is enqueued while the device sleeps and does not land inside the event window: the sample is
+device time. The host cost is reported apart: ``host_us`` = wall time per call of back-to-back calls minus the
+median device time (what a training loop of this call would lose to the host).
 
 Implementations are sampled in rounds — one sample of each per round, the order rotating every round — so that
 slow drifts of the machine (thermal, frequency, neighbours) hit all of them alike.
@@ -29,6 +34,58 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class SleepClock:
+    """``torch.cuda._sleep`` cycles per microsecond, measured once per process with CUDA events."""
+
+    def __init__(self) -> None:
+        cycles = 1_000_000
+        torch.cuda._sleep(1000)  # first launch: module load, not the sleep itself
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        self.cycles_per_us = cycles / max(1.0, start.elapsed_time(end) * 1e3)
+
+    def cycles(self, us: float) -> int:
+        return int(self.cycles_per_us * us)
+
+
+#: the GPU sleeps this much longer than the host needs to enqueue a call (and 1.5× that host time)
+SLEEP_MARGIN_US = 20.0
+
+
+def sleep_cycles(clock: SleepClock, host_ms: float) -> int:
+    """Cycles of GPU sleep that cover a call's host time with margin."""
+    return clock.cycles(host_ms * 1e3 * 1.5 + SLEEP_MARGIN_US)
+
+
+def host_overhead_us(wall_ms_per_call: float, device_ms: float) -> float:
+    """Host overhead per call that the device cannot hide: back-to-back wall time per call minus device time
+    (never negative: a call whose host work overlaps its kernels entirely costs nothing extra)."""
+    return max(0.0, (wall_ms_per_call - device_ms) * 1e3)
+
+
+def enqueue_ms(fn: Callable[[], object]) -> float:
+    """Host time of one call on a GPU: from an idle device to the call's return (its kernels enqueued, not run)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    ms = (time.perf_counter() - t0) * 1e3
+    torch.cuda.synchronize()
+    return ms
+
+
+def back_to_back_ms(fn: Callable[[], object], device: str, calls: int) -> float:
+    """Wall time per call of ``calls`` calls in a row, synchronised once at each end."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
 class L2Flush:
     """A buffer of twice the GPU's L2 size, zeroed before each sample to evict whatever the last call left."""
 
@@ -51,6 +108,7 @@ class Sampler:
     samples_ms: list[float] = field(default_factory=list)
     spent_s: float = 0.0
     done: bool = False
+    host_ms: float = 0.0  # GPU: host time to enqueue one call, sizes the sleep before each sample
 
 
 def warm_up(fn: Callable[[], object], device: str, warmup_ms: float) -> float:
@@ -75,13 +133,15 @@ def calibrate_loops(call_ms: float, device: str, target_sample_ms: float) -> int
     return int(min(10_000, max(1, math.ceil(target_sample_ms / max(call_ms, 1e-4)))))
 
 
-def take_sample(sampler: Sampler, device: str, flush: L2Flush | None) -> float:
+def take_sample(sampler: Sampler, device: str, flush: L2Flush | None, clock: SleepClock | None = None) -> float:
     """One sample in ms per call."""
     fn, loops = sampler.fn, sampler.loops
     if device == "cuda":
         if flush is not None:
             flush()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if clock is not None and sampler.host_ms > 0:
+            torch.cuda._sleep(sleep_cycles(clock, sampler.host_ms))  # busy while the host enqueues the call
         start.record()
         fn()
         end.record()
@@ -105,6 +165,7 @@ def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
                      on_sample: Callable[[str], None] | None = None) -> None:
     """Sample every implementation in rotating rounds until each has converged or used its budget."""
     flush = L2Flush() if device == "cuda" else None
+    clock = SleepClock() if device == "cuda" else None
     gc_was = gc.isenabled()
     gc.disable()
     try:
@@ -118,7 +179,7 @@ def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
                 if on_sample:
                     on_sample(s.name)
                 t0 = time.perf_counter()
-                s.samples_ms.append(take_sample(s, device, flush))
+                s.samples_ms.append(take_sample(s, device, flush, clock))
                 s.spent_s += time.perf_counter() - t0
                 n = len(s.samples_ms)
                 s.done = (n >= timing.max_samples or converged(s.samples_ms, timing)

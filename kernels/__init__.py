@@ -20,10 +20,11 @@ from ._provenance import Record, note, recording
 from .base import OPS, Implementation, device_type
 
 __all__ = ["Implementation", "OPS", "device_type", "register", "names", "get", "all_implementations", "recording",
-           "note", "Record"]
+           "note", "Record", "default_names"]
 
 #: display order of the built-in implementations; others follow in registration order
-ORDER = ("naive", "im2col", "cudnn", "compile", "triton")
+ORDER = ("naive", "im2col", "cudnn", "compile", "compile-max-autotune", "compile-max-autotune-no-cudagraphs",
+         "triton")
 
 _REGISTRY: dict[str, Implementation] = {}
 _LOAD_ERRORS: dict[str, str] = {}
@@ -76,6 +77,11 @@ def get(name: str) -> Implementation:
         why = "".join(f" ({module} failed to import: {err})" for module, err in _LOAD_ERRORS.items())
         raise ValueError(f"kernels.get: unknown implementation 'name'={name!r}{why}; registered: {', '.join(names())}")
     return _REGISTRY[name]
+
+
+def default_names() -> tuple[str, ...]:
+    """The implementations a run takes when none is named: every registered one except opt-in variants."""
+    return tuple(n for n in names() if _REGISTRY[n].default)
 
 
 def all_implementations() -> list[Implementation]:

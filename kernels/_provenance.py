@@ -10,7 +10,8 @@ kernel paths and autotuned configs, compile what Inductor generated. Nothing is 
 
 Outside ``recording`` a note costs one thread-local lookup, so timed calls stay clean (the bench records only the
 untimed validation call). Several notes in one call (a backward's dgrad and wgrad, a model's layers) are kept in
-order; ``backend`` joins their distinct labels with ``+``.
+order; ``backend`` joins their distinct labels with ``+``. Blocks nest: a note goes to the innermost one only, so a
+caller can set apart what a sub-step ran (the forward a backward row needs) from the call it labels.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Record:
 
 @contextlib.contextmanager
 def recording():
-    """Collect every ``note`` made by calls inside the block (nested blocks each see their own calls)."""
+    """Collect every ``note`` made by calls inside the block (an inner block takes the notes of its own calls)."""
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
@@ -55,13 +56,21 @@ def active() -> bool:
 
 def note(backend: str | None = None, **facts) -> None:
     """Record what this call ran: a ``backend`` label and/or facts (merged: lists extended, dicts updated)."""
-    for rec in getattr(_local, "stack", None) or ():
+    stack = getattr(_local, "stack", None)
+    if stack:
+        rec = stack[-1]
         if backend:
             rec.labels.append(backend)
-        for k, v in facts.items():
-            if isinstance(v, list) and isinstance(rec.facts.get(k), list):
-                rec.facts[k] = rec.facts[k] + v
-            elif isinstance(v, dict) and isinstance(rec.facts.get(k), dict):
-                rec.facts[k] = {**rec.facts[k], **v}
-            else:
-                rec.facts[k] = v
+        merge(rec.facts, facts)
+
+
+def merge(into: dict, facts: dict) -> dict:
+    """Merge ``facts`` into ``into`` (lists extended, dicts updated, anything else replaced); returns ``into``."""
+    for k, v in facts.items():
+        if isinstance(v, list) and isinstance(into.get(k), list):
+            into[k] = into[k] + v
+        elif isinstance(v, dict) and isinstance(into.get(k), dict):
+            into[k] = {**into[k], **v}
+        else:
+            into[k] = v
+    return into

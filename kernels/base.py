@@ -62,6 +62,8 @@ class Implementation:
     summary: ClassVar[str]
     #: compiles or autotunes on the first call of each problem; bench reports that first-call cost as compile_s
     jit: ClassVar[bool] = False
+    #: part of a run when no --impl is given (variants such as compile modes are opt-in)
+    default: ClassVar[bool] = True
 
     def unavailable_reason(self, device) -> str | None:
         """None when this implementation can run on ``device``, else a sentence saying why not."""
@@ -95,6 +97,16 @@ class Implementation:
 
         ``problem`` (a ConvProblem or PoolProblem) lets an implementation say what it picks for that exact call."""
         return "torch-ops"
+
+    def ran(self, op: str, device, problem, record) -> str:
+        """The backend column of a row that ran: what its calls said they ran (``record``, a kernels.Record of
+        the untimed validation call), else the prediction of ``backend``."""
+        return record.backend or self.backend(op, device, problem)
+
+    def steady_state_problem(self, record) -> str | None:
+        """Why the timed calls would not be the steady state, from a record of one call made after timing
+        (e.g. it recompiled); None when they were."""
+        return None
 
     def __repr__(self) -> str:
         return f"<convbench implementation {self.name!r}: {self.summary}>"

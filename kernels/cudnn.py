@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from reference import ConvProblem, PoolProblem
 
 from . import register
+from ._provenance import active, note
 from .base import Implementation, device_type
 
 _BACKEND_NAMES = {"mkldnn": "onednn", "cudnn": "cudnn", "miopen": "miopen", "slow2d": "aten-slow2d",
@@ -40,6 +41,21 @@ def conv_backend(p: ConvProblem, device) -> str:
     return _BACKEND_NAMES.get(name, name)
 
 
+def library_settings(device) -> dict:
+    """The settings that decide which cuDNN / oneDNN kernels run: on a GPU the cuDNN version, cudnn.benchmark
+    (autotuned algorithm search), deterministic mode and whether fp32 convs may use TF32; on the CPU whether
+    oneDNN is enabled. (torch does not expose the algorithm cuDNN picks; on a GPU the bench lists the kernels a
+    steady call launched, from torch.profiler, under ``gpu_kernels``.)"""
+    if device_type(device) == "cuda":
+        try:
+            tf32 = torch.backends.cudnn.conv.fp32_precision == "tf32"
+        except AttributeError:
+            tf32 = bool(torch.backends.cudnn.allow_tf32)
+        return {"cudnn_version": torch.backends.cudnn.version(), "benchmark": torch.backends.cudnn.benchmark,
+                "deterministic": torch.backends.cudnn.deterministic, "tf32": tf32}
+    return {"onednn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled}
+
+
 @register
 class Cudnn(Implementation):
     name = "cudnn"
@@ -55,6 +71,8 @@ class Cudnn(Implementation):
         return f"aten-{device_type(device)}"
 
     def _conv2d(self, x, weight, bias, p: ConvProblem):
+        if active():  # the bench's validation call: say which library and with which settings
+            note(backend=conv_backend(p, x.device), cudnn=library_settings(x.device))
         return F.conv2d(x, weight, bias, **p.kwargs())
 
     def _max_pool2d(self, x, p: PoolProblem):

@@ -22,7 +22,7 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 CASES = [c for d in DEVICES for c in SUITES["smoke"].cases(d)]
 
 
-@pytest.mark.parametrize("name", kernels.names())
+@pytest.mark.parametrize("name", kernels.default_names())
 @pytest.mark.parametrize("case", CASES, ids=[c.key for c in CASES])
 def test_smoke_case(benchmark, request, case, name):
     impl = kernels.get(name)

@@ -11,7 +11,9 @@ from conftest import DEVICES, ORACLE, check_against_oracle, implementation, leaf
 
 import kernels
 
-IMPLS = kernels.ORDER  # built-ins; an unregistered one skips with the import error as its reason
+#: built-ins a run takes by default (opt-in compile modes are the same class: tests/test_provenance checks them);
+#: an unregistered one skips with the import error as its reason
+IMPLS = tuple(n for n in kernels.ORDER if not n.startswith("compile-"))
 ALL_CASES = [(op, c) for op, cases in CASES.items() for c in cases]
 
 # torch.compile traces and builds every problem anew (1.5–6 s each on 2 CPU cores) while the argument handling is
@@ -126,10 +128,11 @@ def test_max_pool_case_table_exercises_dropped_ceil_windows():
 def test_registry():
     names = kernels.names()
     assert {"naive", "im2col", "cudnn", "compile"} <= set(names)
+    assert set(kernels.default_names()) == set(names) - {"compile-max-autotune", "compile-max-autotune-no-cudagraphs"}
     for n in names:
         impl = kernels.get(n)
         assert impl.name == n and impl.summary
-        assert impl.unavailable_reason("cpu") is None or n == "triton"
+        assert impl.unavailable_reason("cpu") is None or n in ("triton", "compile-max-autotune-no-cudagraphs")
         assert all(callable(getattr(impl, op)) for op in kernels.OPS)
     with pytest.raises(ValueError, match="'name'"):
         kernels.get("no-such-implementation")
