@@ -42,6 +42,8 @@ from .._provenance import note
 
 #: True when the kernels below are interpreted on the CPU (decided by TRITON_INTERPRET when triton was imported)
 INTERPRETED = bool(triton.knobs.runtime.interpret)
+#: backend label prefix of what these kernels ran ('triton-interpreter' rows are correctness-only)
+LABEL = "triton-interpreter" if INTERPRETED else "triton"
 #: more than one visible GPU: host functions must move their launches to their tensors' device
 _MULTI_GPU = not INTERPRETED and torch.cuda.is_available() and torch.cuda.device_count() > 1
 
@@ -762,7 +764,7 @@ def _note(part: str, plan: Plan) -> None:
     facts = {"path": plan.path, "config": plan.config}
     if part == "wgrad":
         facts["split_k"] = plan.splits
-    note(backend=f"triton:{part}={plan.path}", triton={part: facts})
+    note(backend=f"{LABEL}:{part}={plan.path}", triton={part: facts})
 
 
 @launches

@@ -18,7 +18,9 @@ import triton.language as tl
 from reference import PoolProblem
 
 from .._common import output_memory_format as memory_format
-from .conv import INTERPRETED, TUNING, acc_dtype, autotune, batch_chunks, launches
+from .._provenance import active as _provenance_on
+from .._provenance import note
+from .conv import INTERPRETED, LABEL, TUNING, acc_dtype, autotune, batch_chunks, launches
 
 
 @triton.jit
@@ -202,6 +204,13 @@ def _avg_pool_bwd_kernel(
 
 
 # ---- host side ----------------------------------------------------------------------------------------------------
+def _note(part: str, kernel) -> None:
+    """Tell a recording caller (the bench's validation call) which kernel and tuned tile ran."""
+    cfg = kernel.best_config
+    note(backend=f"{LABEL}:{part}", triton={part: {"config": {**cfg.kwargs, "num_warps": cfg.num_warps,
+                                                               "num_stages": cfg.num_stages}}})
+
+
 def _grid(planes: int, pixels: int):
     return lambda META: (triton.cdiv(planes, META["BLOCK_C"]) * triton.cdiv(pixels, META["BLOCK_M"]),)
 
@@ -233,6 +242,8 @@ def max_pool2d_forward(x: torch.Tensor, p: PoolProblem, store_index: bool = True
             xc, yc, ic, nc, p.C, p.H, p.W, p.P, p.Q, *xc.stride(), *yc.stride(), *ic.stride(),
             *p.stride, top, left, *p.dilation, KH=p.kernel[0], KW=p.kernel[1], STORE_INDEX=store_index,
             ACC=acc_dtype(x.dtype))
+    if _provenance_on():
+        _note("max_pool2d", _max_pool_fwd_kernel)
     return y, (idx if store_index else None)
 
 
@@ -250,6 +261,8 @@ def max_pool2d_backward(dy: torch.Tensor, idx: torch.Tensor, p: PoolProblem, lik
         _max_pool_bwd_kernel[_grid(nc, p.H * p.W)](
             dyc, ic, dxc, nc, p.C, p.H, p.W, p.P, p.Q, *dyc.stride(), *ic.stride(), *dxc.stride(),
             *p.stride, top, left, *p.dilation, KH=p.kernel[0], KW=p.kernel[1], ACC=acc_dtype(dx.dtype))
+    if _provenance_on():
+        _note("max_pool2d_backward", _max_pool_bwd_kernel)
     return dx
 
 
@@ -271,6 +284,8 @@ def avg_pool2d_forward(x: torch.Tensor, p: PoolProblem) -> torch.Tensor:
         _avg_pool_fwd_kernel[_grid(nc, p.P * p.Q)](
             xc, yc, nc, p.C, p.H, p.W, p.P, p.Q, *xc.stride(), *yc.stride(), *p.stride, top, left,
             p.divisor_override or 1, **_avg_flags(p), ACC=acc_dtype(x.dtype))
+    if _provenance_on():
+        _note("avg_pool2d", _avg_pool_fwd_kernel)
     return y
 
 
@@ -288,4 +303,6 @@ def avg_pool2d_backward(dy: torch.Tensor, p: PoolProblem, like: tuple) -> torch.
         _avg_pool_bwd_kernel[_grid(nc, p.H * p.W)](
             dyc, dxc, nc, p.C, p.H, p.W, p.P, p.Q, *dyc.stride(), *dxc.stride(), *p.stride, top, left,
             p.divisor_override or 1, **_avg_flags(p), ACC=acc_dtype(dx.dtype))
+    if _provenance_on():
+        _note("avg_pool2d_backward", _avg_pool_bwd_kernel)
     return dx
