@@ -24,7 +24,7 @@ def pair_text(v) -> str:
 @dataclass(frozen=True)
 class Case:
     op: str
-    problem: object  # ConvProblem | PoolProblem | reference.models.TrainProblem
+    problem: object  # ConvProblem | PoolProblem | reference.TrainProblem
     device: str = "cpu"
 
     def __post_init__(self) -> None:

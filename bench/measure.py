@@ -32,9 +32,9 @@ from .timing import (
     time_interleaved,
     warm_up,
 )
+from .train import train_call
 
 GRAD_SEED = 1234  # the fixed output gradient of conv2d_backward cases
-TRAIN_CHECK_STEPS = 5  # train_step cases: steps checked against the float64 reference before timing
 #: interpreter implementations (correctness only) are validated on cases up to this many FLOPs
 INTERPRETER_FLOP_LIMIT = 2e7
 
@@ -131,30 +131,6 @@ class BackwardCall:
             with kernels.recording() as self.forward_record:
                 self.out = self.impl.conv2d(self.t["input"], self.t["weight"], self.t["bias"], **self.kwargs)
         return torch.autograd.grad(self.out, self.leaves, self.grad_out, retain_graph=True)
-
-
-class TrainCall:
-    """A train_step case's timed callable: the implementation's (wrapped) step, already checked for
-    TRAIN_CHECK_STEPS steps against the float64 reference; its first call returns that agreement's verdict."""
-
-    def __init__(self, impl, case: Case, seed: int) -> None:
-        from reference.models import train_agreement
-
-        p = case.problem
-        self.agreement = train_agreement(
-            impl.train_ops(), p.model, p.optimizer, steps=TRAIN_CHECK_STEPS, batch=p.batch, dtype=p.dtype,
-            device=case.device, seed=seed, layout=p.layout, optimizer_options=impl.optimizer_options(case.device),
-            wrap=lambda step, model, optimizer: impl.wrap_train_step(step, model, optimizer, case.device))
-        self.step, (self.x, self.y) = self.agreement.step, self.agreement.batch
-        self.first_step_s = self.agreement.first_step_s
-
-    def __call__(self):
-        return self.step(self.x, self.y)
-
-
-def train_call(impl, case: Case, seed: int):
-    call = TrainCall(impl, case, seed)
-    return call, lambda _: call.agreement.check
 
 
 @dataclass

@@ -77,7 +77,9 @@ def profile_training(out: Path, impls: list[str], model: str = "simplecnn", batc
                      optimizer: str = "sgd", dtype: str = "float32", device: str = "cpu", steps: int = 5,
                      warmup: int = 3, seed: int = 0) -> pd.DataFrame:
     """Profile one training step configuration for every implementation; write the table and traces to ``out``."""
-    from reference.models import TrainProblem, make_optimizer, make_train_step
+    from reference import TrainProblem, make_optimizer
+
+    from .train import make_train_step
 
     problem = TrainProblem(model, batch, optimizer, dtype)
     out.mkdir(parents=True, exist_ok=True)

@@ -157,8 +157,8 @@ QUICK_AXES = {"batch": [2, 32], "in_channels": [64], "out_channels": [64], "heig
 
 
 def train_cases(device: str, batches, optimizers=("sgd", "adam"), models=("simplecnn",), dtypes=None) -> list[Case]:
-    """Whole training steps (forward, loss, backward, optimizer) of the reference models on synthetic MNIST."""
-    from reference.models import TrainProblem
+    """Whole training steps (forward, loss, backward, optimizer) of the reference CNNs on synthetic MNIST."""
+    from reference import TrainProblem
 
     dtypes = dtypes or (("float32", "tf32", "bfloat16") if device == "cuda" else ("float32",))
     return [Case("train_step", TrainProblem(m, b, o, dt), device)

@@ -105,7 +105,7 @@ def combine(*checks: Check) -> Check:
                  "; ".join(failed))
 
 
-# ---- training steps (reference.models.train_agreement) ------------------------------------------------------------
+# ---- training steps (reference.agreement.train_agreement) ---------------------------------------------------------
 #: Added for the training step: an optimizer update is compared with the written-out float64 update from the same
 #: gradient and state, elementwise within UPDATE_ULPS · u · (max|update| + |new parameter|), u the unit roundoff of
 #: the storage dtype (2^-24 for float32 and tf32). SGD is two rounded operations and Adam about eight, whose terms

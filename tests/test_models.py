@@ -19,6 +19,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import kernels
+from bench.train import FirstCallTimer, make_train_step
 from reference import (
     ARCHITECTURES,
     OPTIMIZERS,
@@ -29,13 +30,14 @@ from reference import (
     build_model,
     check,
     make_optimizer,
-    make_train_step,
     oracle,
     reference_training,
     synthetic_mnist,
     train_agreement,
 )
-from reference.models import class_templates, initial_parameters
+from reference.agreement import plain_train_step
+from reference.cnn import initial_parameters
+from reference.data import class_templates
 
 #: built-ins a run takes by default; an unregistered one skips with the import error as its reason
 IMPLS = tuple(n for n in kernels.ORDER if not n.startswith("compile-"))
@@ -213,10 +215,11 @@ def test_synthetic_mnist_is_deterministic_and_balanced():
     assert torch.equal(x64.float(), synthetic_mnist(7, seed=5)[0]) and torch.equal(y64, synthetic_mnist(7, seed=5)[1])
 
 
-def test_train_step_is_forward_loss_backward_update():
+@pytest.mark.parametrize("make_step", [plain_train_step, make_train_step], ids=["plain", "profiled"])
+def test_train_step_is_forward_loss_backward_update(make_step):
     model = build_model("simplecnn", F, dtype=torch.float64)
     twin = build_model("simplecnn", F, dtype=torch.float64)
-    step = make_train_step(model, make_optimizer("adam", model.parameters()))
+    step = make_step(model, make_optimizer("adam", model.parameters()))
     opt = make_optimizer("adam", twin.parameters())
     for x, y in TrainProblem(batch=3, dtype="float64").make_batches(2, seed=1):
         loss = step(x, y)
@@ -226,6 +229,23 @@ def test_train_step_is_forward_loss_backward_update():
         opt.step()
         assert loss.dim() == 0 and not loss.requires_grad and loss.item() == expected.item()
     assert all(torch.equal(p, twin.get_parameter(n)) and p.grad is not None for n, p in model.named_parameters())
+
+
+def test_first_call_timer_times_only_the_first_call():
+    calls = []
+
+    def step(x, y):
+        calls.append((x, y))
+        return x + y
+
+    timer = FirstCallTimer(step)
+    x, y = torch.ones(2), torch.zeros(2)
+    assert timer.first_s is None and timer.step is step
+    assert torch.equal(timer(x, y), x + y)
+    first = timer.first_s
+    assert first is not None and first >= 0
+    timer(x, y)
+    assert timer.first_s == first and len(calls) == 2
 
 
 # ---- the float64 reference ----------------------------------------------------------------------------------------
@@ -380,7 +400,7 @@ def accuracy(model, x, y) -> float:
 def learn(model) -> float:
     """SGD on 200 batches of 16 synthetic digits; accuracy on 512 held-out ones."""
     model.reset_parameters(0)
-    step = make_train_step(model, make_optimizer("sgd", model.parameters()))
+    step = plain_train_step(model, make_optimizer("sgd", model.parameters()))
     for x, y in TrainProblem("simplecnn", BATCH, "sgd").make_batches(LEARN_STEPS, seed=1):
         step(x, y)
     return accuracy(model, *synthetic_mnist(HELD_OUT, seed=1000))
@@ -417,8 +437,6 @@ def test_every_implementation_learns_the_synthetic_digits(name, models, torch_ac
 @pytest.mark.parametrize("name", ["cudnn", "im2col"])
 def test_bfloat16_mixed_precision_step_agrees_at_bfloat16_tolerance(name):
     """dtype 'bfloat16': float32 master weights and optimizer, layers computed in bfloat16 (autocast's recipe)."""
-    from reference.models import TrainProblem
-
     problem = TrainProblem("simplecnn", 8, "sgd", "bfloat16")
     assert problem.storage == torch.float32 and problem.compute == torch.bfloat16
     model = problem.build(implementation(name, "cpu"))

@@ -12,8 +12,7 @@ import kernels
 from bench.cases import Case
 from bench.measure import prepare_case
 from bench.suites import SMOKE_TIMING
-from reference import ConvProblem, PoolProblem
-from reference.models import TrainProblem
+from reference import ConvProblem, PoolProblem, TrainProblem
 
 
 def run_case(case: Case, impl: str):
