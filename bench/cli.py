@@ -73,6 +73,8 @@ def _run_parser(sub) -> None:
                    help="time (default), or instructions: Callgrind counts per call, the whole suite in one "
                         "valgrind process (CPU; needs valgrind)")
     p.add_argument("--out", type=Path, help="run directory (default: results/runs/<utc-time>-<host>-<device>/)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write report.md, report.html and plots/ at the end (bench report DIR does)")
     p.add_argument("--warm-cache", action="store_true",
                    help="reuse the machine's Inductor/Triton caches (default: fresh ones per run, so compile_s is a "
                         "cold compile; env.json says which)")
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                               shard=parse_shard(args.shard), threads=args.threads, timeout=args.timeout,
                               max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress,
                               profile=args.profile, metric=args.metric,
-                              warm_cache=args.warm_cache)
+                              warm_cache=args.warm_cache, report=not args.no_report)
             return run(opts)
         if args.command == "ab":
             from .ab import ab_command

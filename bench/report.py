@@ -7,25 +7,21 @@ charts, then the environment and its warnings. Every number carries its unit.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-
-from .schema import FAILED, atomic_write, case_label, read_rows  # noqa: E402
+from . import charts
+from .schema import FAILED, atomic_write, case_label, read_rows
 
 BASELINE = "cudnn"
 OP_ORDER = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
-RATE = {"conv2d": ("gflops", "GFLOP/s"), "conv2d_backward": ("gflops", "GFLOP/s"), "max_pool2d": ("gbps", "GB/s"),
-        "avg_pool2d": ("gbps", "GB/s"), "train_step": ("images_per_s", "images/s")}
+RATE = charts.RATE
 
 
 def geomean(values) -> float:
@@ -71,94 +67,6 @@ def case_table(frame: pd.DataFrame, op: str) -> pd.DataFrame:
     return pd.DataFrame.from_dict(table, orient="index")
 
 
-PLAIN = FuncFormatter(lambda v, _: f"{v:g}")  # log axes labelled 0.5, 1, 2 rather than 5×10⁻¹
-
-
-def _plain_log(axis) -> None:
-    axis.set_major_formatter(PLAIN)
-    axis.set_minor_formatter(PLAIN)
-
-
-def _plot_rates(frame: pd.DataFrame, op: str, path: Path) -> bool:
-    ok = frame[(frame["op"] == op) & (frame["status"] == "ok")].copy()
-    if ok.empty:
-        return False
-    col, unit = RATE[op]
-    ok["label"] = ok.apply(case_label, axis=1).str.replace(f"{op} ", "", regex=False)
-    pivot = ok.pivot_table(index="label", columns="impl", values=col, aggfunc="first", sort=False).astype(float)
-    fig, ax = plt.subplots(figsize=(10, 0.35 * len(pivot) * max(1, len(pivot.columns)) / 2.5 + 1.5))
-    pivot.plot.barh(ax=ax, logx=True, width=0.8)
-    ax.invert_yaxis()
-    _plain_log(ax.xaxis)
-    ax.set_xlabel(f"{unit} (log scale, higher is better)")
-    ax.set_ylabel("")
-    ax.set_title(f"{op}: throughput per case")
-    ax.grid(axis="x", which="both", alpha=0.3)
-    ax.legend(title="implementation", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _plot_speedups(summary: pd.DataFrame, path: Path) -> bool:
-    col = f"geomean speedup vs {BASELINE}"
-    if summary.empty or summary[col].isna().all():
-        return False
-    pivot = summary.pivot_table(index="op", columns="impl", values=col, sort=False)
-    fig, ax = plt.subplots(figsize=(9, 4))
-    pivot.plot.bar(ax=ax, logy=True, rot=0)
-    ax.axhline(1.0, color="black", lw=0.8)
-    _plain_log(ax.yaxis)
-    ax.set_ylabel(f"× {BASELINE} speed (geometric mean, log scale)")
-    ax.set_title(f"Speed relative to {BASELINE} (above 1 is faster)")
-    ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _plot_train(frame: pd.DataFrame, path: Path) -> bool:
-    ok = frame[(frame["op"] == "train_step") & (frame["status"] == "ok")]
-    if ok.empty:
-        return False
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (impl, opts, dtype), grp in ok.groupby(["impl", "options", "dtype"]):
-        grp = grp.sort_values("batch")
-        ax.plot(grp["batch"].astype(int), grp["images_per_s"].astype(float), marker="o",
-                label=f"{impl} {opts.replace('model=', '').replace('optimizer=', '')} {dtype}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size (images per step)")
-    ax.set_ylabel("images/s (log scale)")
-    ax.set_title("Training step throughput")
-    ax.grid(which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _plot_noise(frame: pd.DataFrame, path: Path) -> bool:
-    ok = frame[frame["status"] == "ok"]
-    if ok.empty:
-        return False
-    rel = ok.assign(spread=100 * ok["iqr_ms"].astype(float) / ok["median_ms"].astype(float))
-    groups = [(impl, g["spread"].values) for impl, g in rel.groupby("impl", sort=False)]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.boxplot([g for _, g in groups], showfliers=True)
-    ax.set_xticks(range(1, len(groups) + 1), [n for n, _ in groups])
-    ax.axhline(10, color="red", lw=0.8, ls="--")
-    ax.set_ylabel("IQR / median (%)")
-    ax.set_title("Timing spread per implementation (dashed: 10% warning level)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 def _named_index(df: pd.DataFrame) -> bool:
     """Show the index only when it carries names (case labels, impls), not a 0..n range."""
     return not isinstance(df.index, pd.RangeIndex)
@@ -183,31 +91,49 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
     sections.append(("Summary", overview))
     if not summary.empty:
         sections.append(("Speed relative to the library", summary.round(3)))
-        if _plot_speedups(summary, plots / "speedup.png"):
-            sections.append(("", plots / "speedup.png"))
     status = frame.pivot_table(index="impl", columns="status", values="op", aggfunc="count", fill_value=0, sort=False)
     sections.append(("Outcomes (rows per status)", status))
     failed = frame[frame["status"].isin(FAILED)]
     if len(failed):
         sections.append(("Failures", failed[["op", "impl", "status", "error", "case_key"]].reset_index(drop=True)))
+    peaks = env.get("peaks")
+    if charts.plot_speedup_heatmap(frame, plots / "speedup_heatmap.png"):
+        sections.append(("Speed relative to cudnn, per case", plots / "speedup_heatmap.png"))
+    if charts.plot_roofline(frame, peaks, plots / "roofline.png"):
+        sections.append(("Roofline (measured peaks of this run)", plots / "roofline.png"))
+    if charts.plot_pct_peak(frame, plots / "pct_peak.png"):
+        sections.append(("Share of the measured peak", plots / "pct_peak.png"))
     for op in [o for o in OP_ORDER if o in set(frame["op"])]:
-        sections.append((f"{op}", case_table(frame, op)))
-        if _plot_rates(frame, op, plots / f"{op}.png"):
-            sections.append(("", plots / f"{op}.png"))
-    if _plot_train(frame, plots / "train_step_images_per_s.png"):
+        if op != "train_step" and charts.plot_axis_curves(frame, op, plots / f"{op}_axes.png"):
+            sections.append((f"{op}: throughput along each axis", plots / f"{op}_axes.png"))
+        sections.append((f"{op}: every case", case_table(frame, op)))
+    if charts.plot_train(frame, plots / "train_step_images_per_s.png"):
         sections.append(("Training step throughput", plots / "train_step_images_per_s.png"))
+    ran = frame[frame["status"] == "ok"]
+    if len(ran):
+        prov = ran.groupby(["op", "impl", "backend"], sort=False).size().rename("rows").reset_index()
+        sections.append(("What ran (backend, as each call reported it)", prov))
+        errs = ran.groupby("impl", sort=False)[["max_abs_err", "max_rel_err"]].agg(
+            lambda s: pd.to_numeric(s, errors="coerce").max())
+        sections.append(("Worst agreement error per implementation (all within the tolerance table: "
+                         "reference/tolerance.py)", errs))
     skipped = frame[frame["status"].isin(["skipped", "unsupported"])]
     if len(skipped):
         reasons = skipped.groupby(["impl", "status", "error"]).size().rename("rows").reset_index()
         sections.append(("Not timed, and why", reasons))
-    if _plot_noise(frame, plots / "timing_spread.png"):
+    if charts.plot_spread(frame, plots / "timing_spread.png"):
         sections.append(("Timing spread", plots / "timing_spread.png"))
     env_rows = {"device": env.get("device_name"), "threads": env.get("threads"),
                 "timing": (frame["timing_mode"].dropna().astype(str).str.split(",loops").str[0].iloc[0]
                            if frame["timing_mode"].notna().any() else ""),
                 **{k: v for k, v in (env.get("versions") or {}).items() if v},
                 "git commit": (env.get("git") or {}).get("commit"), "dirty": (env.get("git") or {}).get("dirty"),
-                "suite hash": env.get("suite_hash")}
+                "suite hash": env.get("suite_hash"), "compile cache": (env.get("compile_cache") or {}).get("mode")}
+    for dtype, flops in ((peaks or {}).get("gemm_flops") or {}).items():
+        env_rows[f"measured GEMM peak ({dtype})"] = f"{flops / 1e9:.1f} GFLOP/s"
+    if peaks and peaks.get("copy_bytes_per_s"):
+        env_rows["measured copy bandwidth"] = f"{peaks['copy_bytes_per_s'] / 1e9:.1f} GB/s"
+        env_rows["measured read bandwidth"] = f"{peaks['read_bytes_per_s'] / 1e9:.1f} GB/s"
     sections.append(("Environment", pd.DataFrame({"value": env_rows})))
     warnings = env.get("warnings") or []
     sections.append(("Warnings", "\n".join(f"- {w}" for w in warnings) if warnings else "none recorded"))
@@ -218,8 +144,13 @@ def write_report(run_dir: Path) -> int:
     """Write DIR/report.md, DIR/report.html and DIR/plots/*.png; 0 on success, 2 if the run cannot be read."""
     import sys
 
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        print(f"convbench report: {run_dir} is not a directory", file=sys.stderr)
+        return 2
     try:
-        title, sections = build_sections(Path(run_dir))
+        read_rows(run_dir)  # refuse before anything is written
+        title, sections = build_sections(run_dir)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"convbench report: cannot read run {run_dir}: {exc}", file=sys.stderr)
         return 2
@@ -232,7 +163,8 @@ def write_report(run_dir: Path) -> int:
         if isinstance(content, Path):
             rel = content.relative_to(run_dir)
             md += [f"![{heading or content.stem}]({rel.as_posix()})", ""]
-            body.append(f'<img src="{html.escape(rel.as_posix())}" alt="{html.escape(content.stem)}">')
+            data = base64.b64encode(content.read_bytes()).decode()  # inlined: the page needs no other file
+            body.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(content.stem)}">')
         elif isinstance(content, pd.DataFrame):
             md += [_md_table(content), ""]
             body.append(content.to_html(escape=True, na_rep="", index=_named_index(content),
@@ -247,5 +179,6 @@ def write_report(run_dir: Path) -> int:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     atomic_write(Path(run_dir) / "report.md", "\n".join(md))
     atomic_write(Path(run_dir) / "report.html", page)
-    print(f"wrote {run_dir}/report.md, report.html and plots/")
+    print(f"report: {Path(run_dir) / 'report.html'} and {Path(run_dir) / 'report.md'} "
+          f"({len(list((Path(run_dir) / 'plots').glob('*.png')))} charts in {Path(run_dir) / 'plots'})")
     return 0

@@ -7,6 +7,7 @@ import math
 
 from .cases import Case
 from .measure import Outcome
+from .peaks import pct_peak
 from .schema import COLUMNS, EXTRA_COLUMNS, FAILED, STATUSES  # noqa: F401 — re-exported for callers of results
 from .stats import summarize
 
@@ -17,9 +18,10 @@ def _num(v: float | None, digits: int = 6):
     return float(f"{v:.{digits}g}")
 
 
-def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int) -> dict:
+def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int, peaks: dict | None = None) -> dict:
     """A results row: the contract columns, then the extras. Throughput comes from the problem's formulas:
-    gflops = flops / median time, gbps = compulsory bytes / median time, images_per_s = images / median time."""
+    gflops = flops / median time, gbps = compulsory bytes / median time, images_per_s = images / median time;
+    pct_peak = share of the roof that bounds the row, from the run's measured ``peaks`` (bench/peaks.py)."""
     row = dict(op=case.op, impl=outcome.impl, device=case.device, backend=outcome.backend, dtype=case.dtype,
                layout=case.layout, **case.columns(), status=outcome.status, error=outcome.error)
     flops, nbytes = case.flops(), case.bytes_moved()
@@ -28,7 +30,7 @@ def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int) -> di
                max_rel_err=_num(outcome.max_rel_err, 4), timing_mode="")
     extras = dict(case_key=case.key, options=case.options_text().strip(), threads=threads, loops="", ci_low_ms="",
                   ci_high_ms="", warning=outcome.warning, instructions=_num(outcome.instructions, 10),
-                  host_us=_num(outcome.host_us, 4),
+                  host_us=_num(outcome.host_us, 4), pct_peak="",
                   provenance=json.dumps(outcome.provenance, sort_keys=True, default=str) if outcome.provenance else "")
     if outcome.instructions is not None:
         row["timing_mode"] = timing_mode
@@ -40,7 +42,8 @@ def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int) -> di
                    gbps=_num(nbytes / seconds / 1e9, 5), timing_mode=f"{timing_mode},loops={outcome.loops}")
         if case.images:
             row["images_per_s"] = _num(case.images / seconds, 5)
-        extras.update(loops=outcome.loops, ci_low_ms=_num(s.ci_low_ms), ci_high_ms=_num(s.ci_high_ms))
+        extras.update(loops=outcome.loops, ci_low_ms=_num(s.ci_low_ms), ci_high_ms=_num(s.ci_high_ms),
+                      pct_peak=_num(pct_peak(flops, nbytes, seconds, case.dtype, peaks), 4))
     return {**row, **extras}
 
 

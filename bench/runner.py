@@ -51,6 +51,7 @@ class RunOptions:
     profile: bool = False
     metric: str = "time"  # or "instructions": Callgrind counts, the whole selection in one valgrind process
     warm_cache: bool = False  # reuse the machine's Inductor/Triton caches instead of fresh ones for this run
+    report: bool = True  # write report.md / report.html / plots/ at the end (--no-report: not)
 
 
 def default_threads() -> int:
@@ -150,6 +151,10 @@ def run(opts: RunOptions) -> int:
             raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         previous = []
+    if opts.metric == "time" and not env.get("peaks"):  # a resumed run keeps the peaks it started with
+        from .peaks import measure as measure_peaks
+
+        env["peaks"] = measure_peaks(opts.device, sorted({c.dtype for c in cases}), threads)
     atomic_write(out / "env.json", json.dumps(env, indent=2))
     for w in env["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
@@ -171,7 +176,7 @@ def run(opts: RunOptions) -> int:
             todo = [n for n in impls if (case.key, n) not in done]
             statuses = []
             for outcome in supervisor.measure(case, todo, timing, opts.seed) if todo else ():
-                row = make_row(case, outcome, timing_mode, supervisor.threads or threads)
+                row = make_row(case, outcome, timing_mode, supervisor.threads or threads, env.get("peaks"))
                 writer.write(row)
                 rows.append(row)
                 statuses.append(f"{outcome.impl}={outcome.status}")
@@ -192,6 +197,11 @@ def run(opts: RunOptions) -> int:
     env["complete"] = not interrupted
     finalize(out, rows, env)
     print_summary(rows, out)
+    if opts.report and rows and opts.metric == "time":
+        from .report import write_report
+
+        if write_report(out) != 0:
+            print(f"warning: the report of {out} could not be written (the results are complete)", file=sys.stderr)
     if interrupted:
         print(f"interrupted: {len(rows)} rows kept in {out}; continue with --resume --out {out}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ COLUMNS = ("op impl device backend dtype layout batch in_channels out_channels h
            "padding dilation groups status error median_ms iqr_ms min_ms samples times_ms flops bytes gflops gbps "
            "images_per_s compile_s max_abs_err max_rel_err timing_mode").split()
 EXTRA_COLUMNS = ("case_key", "options", "threads", "loops", "ci_low_ms", "ci_high_ms", "warning", "instructions",
-                 "host_us", "provenance")
+                 "host_us", "pct_peak", "provenance")
 OPS = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
 #: the suites bench/suites.py defines (named here so that the CLI parses without importing torch)
 SUITE_NAMES = ("smoke", "quick", "full", "resnet50", "simplecnn")
@@ -145,12 +145,31 @@ def read_rows(run_dir: Path) -> pd.DataFrame:
     """A run's rows as a DataFrame: results.csv when complete, else what results.jsonl holds."""
     csv = run_dir / "results.csv"
     if csv.exists():
-        return pd.read_csv(csv, keep_default_na=False, na_values=[""], dtype={"stride": str, "padding": str,
-                                                                            "dilation": str, "groups": str})
-    rows = read_jsonl(run_dir / "results.jsonl")
-    if not rows:
-        raise FileNotFoundError(f"{run_dir} has neither results.csv nor rows in results.jsonl")
-    return pd.DataFrame(rows).astype({"stride": str, "padding": str, "dilation": str, "groups": str})
+        try:
+            frame = pd.read_csv(csv, keep_default_na=False, na_values=[""],
+                                dtype={"stride": str, "padding": str, "dilation": str, "groups": str})
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{csv} is not a readable results table: {str(exc).splitlines()[0]}") from None
+    else:
+        rows = read_jsonl(run_dir / "results.jsonl")
+        if not rows:
+            raise FileNotFoundError(f"{run_dir} has neither results.csv nor rows in results.jsonl")
+        frame = pd.DataFrame(rows).astype({"stride": str, "padding": str, "dilation": str, "groups": str})
+    _check_rows(frame, csv if csv.exists() else run_dir / "results.jsonl")
+    return frame
+
+
+def _check_rows(frame: pd.DataFrame, source: Path) -> None:
+    """Refuse a results file that is not whole: missing contract columns, or a row whose op or status is not one
+    of the contract's (a truncated last line reads as a row of blanks)."""
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{source} lacks the columns {', '.join(missing[:5])}{'…' if len(missing) > 5 else ''}")
+    always = [c for c in ("impl", "device", "case_key", "threads") if c in frame.columns]  # set on every row
+    bad = frame[~frame["op"].isin(OPS) | ~frame["status"].isin(STATUSES) | frame[always].isna().any(axis=1)]
+    if len(bad):
+        raise ValueError(f"{source} is corrupted (truncated or edited): its row {int(bad.index[0]) + 1} is "
+                         f"incomplete")
 
 
 def pytest_benchmark_json(rows: Iterable[dict], env: dict) -> dict:
