@@ -26,7 +26,8 @@ RATE = {"conv2d": ("gflops", "GFLOP/s"), "conv2d_backward": ("gflops", "GFLOP/s"
 #: the results columns a suite sweeps, with their axis titles
 AXES = {"batch": "batch (N)", "in_channels": "input channels (C)", "out_channels": "output channels (K)",
         "height": "image size (H = W)", "kernel_h": "kernel size (R = S)", "stride": "stride",
-        "padding": "padding", "dilation": "dilation", "groups": "groups"}
+        "padding": "padding", "dilation": "dilation", "groups": "groups", "layout": "memory layout",
+        "dtype": "dtype"}
 SHAPE_COLUMNS = ("layout", "dtype", "batch", "in_channels", "out_channels", "height", "width", "kernel_h", "kernel_w",
                  "stride", "padding", "dilation", "groups", "options")
 _PALETTE = plt.get_cmap("tab10").colors
@@ -227,14 +228,14 @@ def plot_train(frame: pd.DataFrame, path: Path) -> bool:
     if ok.empty:
         return False
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    styles = ["-", "--", ":", "-."]
-    opt_style = {}
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]  # a line style and a marker per optimizer/dtype,
+    opt_style = {}  # so a configuration timed at one batch size only is still a visible, distinct point
     for (impl, opts, dtype), g in ok.groupby(["impl", "options", "dtype"], sort=False):
         g = g.sort_values("batch")
         opt = str(opts).replace("model=", "").replace("optimizer=", "")
-        ls = opt_style.setdefault(f"{opt} {dtype}", styles[len(opt_style) % len(styles)])
-        ax.plot(g["batch"].astype(int), g["images_per_s"].astype(float), ls=ls, marker="o", ms=6,
-                color=colour(impl))
+        ls, mk = opt_style.setdefault(f"{opt} {dtype}", styles[len(opt_style) % len(styles)])
+        ax.plot(g["batch"].astype(int), g["images_per_s"].astype(float), ls=ls, marker=mk, ms=7, mfc="none"
+                if mk != "o" else None, color=colour(impl))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(_plain))
@@ -244,7 +245,8 @@ def plot_train(frame: pd.DataFrame, path: Path) -> bool:
     ax.set_title("Training step throughput")
     ax.grid(which="both", alpha=0.3)
     handles = [plt.Line2D([], [], color=colour(i), marker="o", label=i) for i in ok["impl"].unique()]
-    handles += [plt.Line2D([], [], color="grey", ls=s, label=k) for k, s in opt_style.items()]
+    handles += [plt.Line2D([], [], color="grey", ls=s, marker=m, mfc="none" if m != "o" else None, label=k)
+                for k, (s, m) in opt_style.items()]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     return _save(fig, path)
 
@@ -258,7 +260,7 @@ def plot_spread(frame: pd.DataFrame, path: Path, threshold: float = 10.0) -> boo
     rel = ok.assign(spread=100 * ok["iqr_ms"].astype(float) / ok["median_ms"].astype(float))
     groups = [(impl, g["spread"].values) for impl, g in rel.groupby("impl", sort=False)]
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    box = ax.boxplot([g for _, g in groups], showfliers=True, patch_artist=True)
+    box = ax.boxplot([g for _, g in groups], showfliers=True, patch_artist=True, medianprops={"color": "black"})
     for patch, (impl, _) in zip(box["boxes"], groups):
         patch.set_facecolor(colour(impl))
         patch.set_alpha(0.5)
@@ -288,13 +290,59 @@ def plot_pct_peak(frame: pd.DataFrame, path: Path) -> bool:
         keep = [(p, d) for p, d in zip(pos, data) if len(d)]
         if keep:
             b = ax.boxplot([d for _, d in keep], positions=[p for p, _ in keep], widths=width * 0.9,
-                           patch_artist=True, showfliers=False)
+                           patch_artist=True, showfliers=False, medianprops={"color": "black"})
             for patch in b["boxes"]:
                 patch.set_facecolor(colour(impl))
     ax.set_xticks(range(len(ops)), ops)
     ax.set_ylabel("% of the bounding measured peak")
+    ax.axhline(100, color="black", lw=0.6, ls=":")  # above: the working set ran from cache, beyond the DRAM roof
     ax.set_title("How close each implementation gets to the machine (compute roof or copy bandwidth)")
     ax.grid(axis="y", alpha=0.3)
     handles = [plt.Line2D([], [], color=colour(i), lw=6, label=i) for i in impls]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_speedup_summary(summary: pd.DataFrame, path: Path, baseline: str = "cudnn") -> bool:
+    """Geometric-mean speed relative to ``baseline`` per op, one bar per implementation."""
+    col = f"geomean speedup vs {baseline}"
+    if summary.empty or col not in summary or summary[col].isna().all():
+        return False
+    pivot = summary.pivot_table(index="op", columns="impl", values=col, sort=False)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(pivot.columns)
+    for j, impl in enumerate(pivot.columns):
+        ax.bar([i + (j - (len(pivot.columns) - 1) / 2) * width for i in range(len(pivot))], pivot[impl], width,
+               color=colour(impl), label=impl)
+    ax.set_xticks(range(len(pivot)), pivot.index)
+    ax.set_yscale("log")
+    _log_axis(ax.yaxis)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_ylabel(f"× {baseline} speed (geometric mean, log)")
+    ax.set_title(f"Speed relative to {baseline} per operation (above 1 is faster)")
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
+    return _save(fig, path)
+
+
+def plot_profile_split(profile_csv: Path, path: Path) -> bool:
+    """The profiled training step per implementation as stacked bars: forward / backward / optimizer / other (ms)."""
+    if not profile_csv.exists():
+        return False
+    table = pd.read_csv(profile_csv)
+    table = table[table.get("status", "ok") == "ok"] if "status" in table else table
+    phases = [c for c in table.columns if c.endswith(" ms") and c != "total ms"]
+    if table.empty or not phases:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bottom = np.zeros(len(table))
+    shades = plt.get_cmap("Set2").colors
+    for k, phase in enumerate(phases):
+        values = table[phase].astype(float).fillna(0).values
+        ax.bar(table["impl"], values, bottom=bottom, color=shades[k % len(shades)], label=phase.replace(" ms", ""))
+        bottom += values
+    ax.set_ylabel("ms per training step")
+    ax.set_title("Where a profiled training step spends its time")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -76,6 +76,21 @@ def _md_table(df: pd.DataFrame) -> str:
     return df.to_markdown(index=_named_index(df), floatfmt=".3g") if not df.empty else "_none_"
 
 
+def history_plots(env: dict, plots: Path, db: Path | None = None) -> list[Path]:
+    """Per-case trends across commits, with change points, for this run's environment — when ``bench history``
+    has stored runs of it (results/history.sqlite)."""
+    from . import history
+    from .schema import device_key
+
+    db = db or history.DEFAULT_DB
+    if not db.exists() or not env:
+        return []
+    try:
+        return history.plot(db, out_dir=plots, env_key=device_key(env))
+    except (OSError, ValueError, KeyError):  # an unreadable history is not the run's failure
+        return []
+
+
 def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
     """The report as (title, [(heading, DataFrame | str | Path to png)]) — rendered to both md and html."""
     frame = read_rows(run_dir)
@@ -91,6 +106,8 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
     sections.append(("Summary", overview))
     if not summary.empty:
         sections.append(("Speed relative to the library", summary.round(3)))
+        if charts.plot_speedup_summary(summary, plots / "speedup.png"):
+            sections.append(("", plots / "speedup.png"))
     status = frame.pivot_table(index="impl", columns="status", values="op", aggfunc="count", fill_value=0, sort=False)
     sections.append(("Outcomes (rows per status)", status))
     failed = frame[frame["status"].isin(FAILED)]
@@ -109,6 +126,10 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
         sections.append((f"{op}: every case", case_table(frame, op)))
     if charts.plot_train(frame, plots / "train_step_images_per_s.png"):
         sections.append(("Training step throughput", plots / "train_step_images_per_s.png"))
+    if charts.plot_profile_split(run_dir / "profile.csv", plots / "train_step_profile.png"):
+        sections.append(("Profiled training step (run --profile)", plots / "train_step_profile.png"))
+    for png in history_plots(env, plots):
+        sections.append((f"History: {png.stem.split('-')[-2]}", png))
     ran = frame[frame["status"] == "ok"]
     if len(ran):
         prov = ran.groupby(["op", "impl", "backend"], sort=False).size().rename("rows").reset_index()
