@@ -92,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
-    r = sub.add_parser("report", help="write report.md, report.html and plots/*.png for a run directory")
-    r.add_argument("dir", type=Path)
+    r = sub.add_parser("report", help="write report.md, report.html and plots/*.png for run directories")
+    r.add_argument("dir", type=Path, nargs="+", help="run directories; several also get a side-by-side report")
+    r.add_argument("--out", type=Path, help="where the side-by-side report of several runs goes "
+                                            "(default results/runs/report-<names>)")
     a = sub.add_parser("ab", help="A/B two revisions interleaved in one invocation (the CI regression gate)",
                        description="Time (and/or count instructions of) every selected case on two revisions, "
                                    "interleaved round by round, with confirmation of every suspect.")
@@ -217,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return ab_command(args)
         if args.command == "report":
-            from .report import write_report
+            from .report import write_reports
 
-            return write_report(args.dir)
+            return write_reports(args.dir, args.out)
         if args.command == "compare":
             from .compare import compare_runs
 

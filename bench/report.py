@@ -203,3 +203,64 @@ def write_report(run_dir: Path) -> int:
     print(f"report: {Path(run_dir) / 'report.html'} and {Path(run_dir) / 'report.md'} "
           f"({len(list((Path(run_dir) / 'plots').glob('*.png')))} charts in {Path(run_dir) / 'plots'})")
     return 0
+
+
+def write_reports(run_dirs: list[Path], out: Path | None = None) -> int:
+    """``bench report DIR [DIR ...]``: each run's own report; with several runs also a side-by-side report in
+    ``out`` (default ``results/runs/report-<names>``): geometric-mean speed relative to cudnn per op and
+    implementation, one column per run, the environments side by side, and each run's heatmap and roofline in a
+    row. Every directory is checked before anything is written (exit 2 naming the first bad one)."""
+    import sys
+
+    run_dirs = [Path(d) for d in run_dirs]
+    for d in run_dirs:
+        try:
+            if not d.is_dir():
+                raise FileNotFoundError(f"{d} is not a directory")
+            read_rows(d)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            print(f"convbench report: cannot read run {d}: {exc}", file=sys.stderr)
+            return 2
+    for d in run_dirs:
+        if write_report(d) != 0:
+            return 2
+    if len(run_dirs) == 1:
+        return 0
+    names = [d.name for d in run_dirs]
+    out = Path(out) if out else Path("results") / "runs" / ("report-" + "-vs-".join(names))[:120]
+    out.mkdir(parents=True, exist_ok=True)
+    col = f"geomean speedup vs {BASELINE}"
+    table = pd.concat({n: speedups(read_rows(d)).set_index(["op", "impl"])[col] for n, d in zip(names, run_dirs)},
+                      axis=1)
+    envs = {}
+    for n, d in zip(names, run_dirs):
+        env = json.loads((d / "env.json").read_text()) if (d / "env.json").exists() else {}
+        peaks = env.get("peaks") or {}
+        envs[n] = {"device": env.get("device_name"), "suite": env.get("suite"), "threads": env.get("threads"),
+                   "torch": env.get("torch"), "commit": (env.get("git") or {}).get("commit"),
+                   "GEMM peak (GFLOP/s)": ", ".join(f"{k} {v / 1e9:.0f}" for k, v in
+                                                   (peaks.get("gemm_flops") or {}).items()),
+                   "copy (GB/s)": f"{peaks['copy_bytes_per_s'] / 1e9:.1f}" if peaks.get("copy_bytes_per_s") else ""}
+    env_table = pd.DataFrame(envs)
+    md = [f"# convbench: {' vs '.join(names)}", "", f"## {col}, per run", "", table.round(3).to_markdown(), "",
+          "## Environments", "", env_table.to_markdown(), ""]
+    cells = []
+    for chart in ("speedup_heatmap.png", "roofline.png"):
+        row = []
+        for n, d in zip(names, run_dirs):
+            png = d / "plots" / chart
+            if png.exists():
+                md += [f"![{n} {chart}]({png.resolve().as_posix()})", ""]
+                row.append(f'<td><p>{html.escape(n)}</p><img src="data:image/png;base64,'
+                           f'{base64.b64encode(png.read_bytes()).decode()}" alt="{html.escape(n + " " + chart)}"></td>')
+        cells.append(f"<tr>{''.join(row)}</tr>")
+    style = ("body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}img{max-width:100%}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(' vs '.join(names))}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(' vs '.join(names))}</h1><h2>{html.escape(col)}"
+            f"</h2>{table.to_html(float_format=lambda v: f'{v:.3g}', na_rep='')}<h2>Environments</h2>"
+            f"{env_table.to_html(na_rep='')}<table>{''.join(cells)}</table></body></html>")
+    atomic_write(out / "report.md", "\n".join(md))
+    atomic_write(out / "report.html", page)
+    print(f"side by side: {out / 'report.html'} and {out / 'report.md'}")
+    return 0

@@ -125,3 +125,17 @@ def test_axis_sweeps_find_the_cases_that_differ_in_one_axis_only(tmp_path):
     assert set(sweeps) == {"batch", "kernel_h"}
     assert sorted(sweeps["batch"]["batch"].unique()) == [2, 8, 32]
     assert charts.plot_axis_curves(frame, "conv2d", tmp_path / "axes.png") and (tmp_path / "axes.png").stat().st_size
+
+
+def test_several_runs_get_a_side_by_side_report(reported_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(reported_run, other)
+    out = tmp_path / "both"
+    proc = bench("report", reported_run, other, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "report.md").read_text()
+    assert f"{reported_run.name} vs other" in md and "geomean speedup vs cudnn" in md
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "<script" not in page
+    bad = bench("report", reported_run, tmp_path / "missing", "--out", tmp_path / "never")
+    assert bad.returncode == 2 and not (tmp_path / "never").exists()
