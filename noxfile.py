@@ -50,6 +50,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def gpu(session: nox.Session) -> None:
+    """The whole GPU window in one command (``bench gpu``): env and measured peaks, the GPU tests with every Triton
+    config precompiled alongside, every config checked, the suites, the report — planned and trimmed to --budget
+    seconds (default 480). Arguments after -- go to ``bench gpu``, e.g. ``nox -s gpu -- --dry-run``."""
+    py = _python(session)
+    session.run(py, "-m", "bench", "gpu", *session.posargs, external=True)
+
+
+@nox.session
 def plot(session: nox.Session) -> None:
     """Write report.md, report.html and plots/*.png for a run directory: ``nox -s plot -- DIR``."""
     if not session.posargs:

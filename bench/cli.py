@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dir", type=Path, nargs="+", help="run directories; several also get a side-by-side report")
     r.add_argument("--out", type=Path, help="where the side-by-side report of several runs goes "
                                             "(default results/runs/report-<names>)")
+    from .gpu import add_parser as add_gpu
+
+    add_gpu(sub)
     a = sub.add_parser("ab", help="A/B two revisions interleaved in one invocation (the CI regression gate)",
                        description="Time (and/or count instructions of) every selected case on two revisions, "
                                    "interleaved round by round, with confirmation of every suspect.")
@@ -218,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             from .ab import ab_command
 
             return ab_command(args)
+        if args.command == "gpu":
+            from .gpu import gpu_command
+
+            return gpu_command(args)
         if args.command == "report":
             from .report import write_reports
 

@@ -52,6 +52,8 @@ class RunOptions:
     metric: str = "time"  # or "instructions": Callgrind counts, the whole selection in one valgrind process
     warm_cache: bool = False  # reuse the machine's Inductor/Triton caches instead of fresh ones for this run
     report: bool = True  # write report.md / report.html / plots/ at the end (--no-report: not)
+    limit: int | None = None  # only the first N selected cases (bench gpu trims a phase to its allowance)
+    deadline: float | None = None  # time.monotonic() after which no new case starts (the run stays resumable)
 
 
 def default_threads() -> int:
@@ -127,6 +129,8 @@ def run(opts: RunOptions) -> int:
     cases = select_cases(opts)
     if not cases:
         raise UsageError("no case matches the selection (--suite/--op/--dtype/--layout/--where/--shard)")
+    if opts.limit is not None:
+        cases = cases[:opts.limit]
     timing = SUITES[opts.suite].timing
     if opts.max_seconds:
         timing = dataclasses.replace(timing, max_seconds=opts.max_seconds)
@@ -170,9 +174,12 @@ def run(opts: RunOptions) -> int:
         cache_env, env["compile_cache"], cache_dir = compile_caches(opts.warm_cache)
         supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env() + cache_env), opts.timeout)
     progress = Progress(len(cases), opts.progress)
-    interrupted = False
+    interrupted = stopped = False
     try:
         for case in cases:
+            if opts.deadline is not None and time.monotonic() > opts.deadline:
+                stopped = True  # out of time: the cases not started are left for --resume
+                break
             todo = [n for n in impls if (case.key, n) not in done]
             statuses = []
             for outcome in supervisor.measure(case, todo, timing, opts.seed) if todo else ():
@@ -194,7 +201,9 @@ def run(opts: RunOptions) -> int:
     env = envmod.finish(env, rows)
     env["worker_restarts"] = supervisor.restarts
     env["worker_warmup_s"] = getattr(supervisor, "warmups", [])
-    env["complete"] = not interrupted
+    env["complete"] = not (interrupted or stopped)
+    if stopped:
+        env["stopped"] = "deadline: the cases not started are left for --resume"
     finalize(out, rows, env)
     print_summary(rows, out)
     if opts.report and rows and opts.metric == "time":

@@ -26,7 +26,7 @@ EXTRA_COLUMNS = ("case_key", "options", "threads", "loops", "ci_low_ms", "ci_hig
                  "host_us", "pct_peak", "provenance")
 OPS = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
 #: the suites bench/suites.py defines (named here so that the CLI parses without importing torch)
-SUITE_NAMES = ("smoke", "quick", "full", "resnet50", "simplecnn")
+SUITE_NAMES = ("smoke", "quick", "full", "resnet50", "simplecnn", "pool-large", "train")
 STATUSES = ("ok", "mismatch", "error", "timeout", "skipped", "unsupported")
 FAILED = ("mismatch", "error", "timeout")
 #: what must match for two runs to be compared (bench compare exits 3 otherwise)

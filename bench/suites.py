@@ -269,6 +269,24 @@ def _simplecnn(device: str) -> list[Case]:
     return cases + train_cases(device, batches) + train_cases(device, (64,), models=("basiccnn",))
 
 
+def _pool_large(device: str) -> list[Case]:
+    # Far larger than any last-level cache (GPU: 411 MB of bf16 input against a 50–60 MB L2; CPU: 26 MB against
+    # 32 MB of L3 shared by everyone), so a pool streams from DRAM and its rate reads against the copy bandwidth.
+    gpu = device == "cuda"
+    N, C, H = (64, 256, 112) if gpu else (8, 64, 112)
+    specs = [dict(op="max_pool2d", kernel=(2, 2)), dict(op="max_pool2d", kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+             dict(op="avg_pool2d", kernel=(2, 2)),
+             dict(op="avg_pool2d", kernel=(3, 3), stride=(1, 1), padding=(1, 1), count_include_pad=False)]
+    return pool_cases(_pools(N, C, H, specs, ("bfloat16",) if gpu else ("float32",), ("channels_last", "nchw")),
+                      device)
+
+
+def _train(device: str) -> list[Case]:
+    # the batches people train SimpleCNN at on each device, in the dtype they would train in
+    gpu = device == "cuda"
+    return train_cases(device, (256, 4096) if gpu else (64, 256), dtypes=("bfloat16",) if gpu else ("float32",))
+
+
 SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("smoke", "three conv problems covering every axis and four pools; < 60 s on 2 CPU cores",
           SMOKE_TIMING, _smoke),
@@ -281,4 +299,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
           _resnet50),
     Suite("simplecnn", "SimpleCNN's conv and pool layers and its whole training step (SGD, Adam) across batch sizes",
           QUICK_TIMING, _simplecnn),
+    Suite("pool-large", "max and avg pooling on tensors far larger than the last-level cache, both layouts "
+                        "(read against the copy bandwidth)", QUICK_TIMING, _pool_large),
+    Suite("train", "the SimpleCNN training step at the batches it is trained at (GPU: 256 and 4096 in bf16; CPU: 64 "
+                   "and 256), SGD and Adam", QUICK_TIMING, _train),
 ]}
