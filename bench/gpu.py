@@ -435,8 +435,9 @@ def headline(out: Path) -> list[str]:
 def default_out() -> Path:
     import torch
 
-    from .env import utc_now
     from kernels.triton.tuning import device_slug
+
+    from .env import utc_now
 
     name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
     return ROOT / "results" / "gpu" / f"{device_slug(name)}-{utc_now()[:10]}"

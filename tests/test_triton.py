@@ -322,76 +322,8 @@ def test_unavailable_without_the_interpreter():
     assert "TRITON_INTERPRET=1" in reason and backend == "triton"
 
 
-# Compiles every kernel for an H100 (sm_90: Triton frontend, TTGIR with wgmma, PTX, ptxas) in a process where the
-# interpreter is off — no GPU needed. The interpreter is lenient where the compiler is not (constexpr control flow,
-# loop-carried types, dot shapes), so this catches GPU-only errors on a CPU machine. NHWC-like divisibility hints
-# on the pointers and channel strides, as the JIT derives them for aligned tensors.
-SM90_COMPILE = r"""
-import sys
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from kernels.triton import conv as tc, pool as tp
-DIV16 = {"sxn", "sxh", "sxw", "syn", "syp", "syq", "sdn", "sdp", "sdq", "swk", "swr", "sws", "Cg", "Kg", "GEMM_N"}
-ACC = {"bf16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}
-def build(kernel, dtype, consts, cfg, ptrs=None, ones=("sxc", "syk", "sdk", "swc")):
-    fn = kernel if isinstance(kernel, triton.runtime.jit.JITFunction) else kernel.fn
-    consts = {**consts, **(cfg.kwargs if cfg else {})}
-    sig, cx = {}, {}
-    for name in fn.arg_names:
-        if name in consts:
-            sig[name], cx[name] = "constexpr", consts[name]
-        elif name in ones:
-            sig[name], cx[name] = "constexpr", 1
-        else:
-            sig[name] = (ptrs or {}).get(name, "*" + dtype) if name.endswith("_ptr") else "i32"
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-             if sig[n].startswith("*") or (sig[n] == "i32" and n in DIV16)}
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=cx, attrs=attrs)
-    opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages} if cfg else {}
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
-    assert k.metadata.shared <= 227 * 1024, (fn.__name__, k.metadata.shared)
-    return "warp_group_dot" in k.asm["ttgir"]
-for dtype, cfg in [("bf16", tc._cfg(128, 128, 64, 8, 3)), ("fp32", tc._cfg(128, 64, 32, 4, 4)),
-                   ("fp64", tc._cfg(64, 64, 16, 4, 2))]:
-    acc, part = ACC[dtype], "*fp64" if dtype == "fp64" else "*fp32"
-    prec = "tf32" if dtype == "fp32" else "ieee"
-    gemm = dict(PRECISION=prec, UPCAST=False, ACC=acc, R=3, S=3)
-    wgmma = [build(tc._conv_fwd_gemm_kernel, dtype, dict(gemm, FLAT_K=False, HAS_BIAS=True, RELU=True), cfg),
-             build(tc._conv_dgrad_gemm_kernel, dtype, dict(gemm, RELU_MASK=True), cfg),
-             build(tc._conv_wgrad_gemm_kernel, dtype, dict(gemm, FLAT=True, HAS_BIAS=True, RELU_MASK=True), cfg,
-                   ptrs={"dw_ptr": part, "db_ptr": part})]
-    assert all(wgmma) == (dtype != "fp64"), (dtype, wgmma)  # Hopper tensor cores for bf16 and TF32
-    if dtype != "bf16":
-        continue
-    build(tc._conv_fwd_gemm_kernel, dtype, dict(gemm, FLAT_K=True, HAS_BIAS=False, RELU=False), cfg)
-    build(tc._conv_wgrad_gemm_kernel, dtype, dict(gemm, FLAT=False, HAS_BIAS=True, RELU_MASK=False), cfg,
-          ptrs={"dw_ptr": part, "db_ptr": part})
-    direct = dict(R=3, S=3, ACC=acc)
-    build(tc._conv_fwd_direct_kernel, dtype, dict(direct, HAS_BIAS=True, RELU=True), tc.DIRECT_CONFIGS[0])
-    build(tc._conv_dgrad_direct_kernel, dtype, dict(direct, RELU_MASK=True), tc.DIRECT_CONFIGS[0])
-    build(tc._conv_wgrad_direct_kernel, dtype, dict(direct, HAS_BIAS=True, RELU_MASK=True),
-          tc.WGRAD_DIRECT_CONFIGS[0], ptrs={"dw_ptr": part, "db_ptr": part})
-    build(tc._split_reduce_kernel, dtype, dict(ACC=acc, BLOCK=1024), None, ptrs={"src_ptr": part})
-    pool = tp.POOL_CONFIGS[0]
-    build(tp._max_pool_fwd_kernel, dtype, dict(KH=3, KW=3, STORE_INDEX=True, ACC=acc), pool, ptrs={"i_ptr": "*i64"})
-    build(tp._max_pool_bwd_kernel, dtype, dict(KH=3, KW=3, ACC=acc), pool, ptrs={"i_ptr": "*i64"})
-    for kernel in (tp._avg_pool_fwd_kernel, tp._avg_pool_bwd_kernel):
-        build(kernel, dtype, dict(KH=3, KW=3, COUNT_PAD=False, OVERRIDE=False, ACC=acc), pool)
-print("compiled")
-"""
-
-
-@pytest.mark.skipif(HAS_CUDA, reason="a GPU runs the kernels for real (the cuda-parametrised tests)")
-def test_kernels_compile_for_h100_without_a_gpu():
-    try:
-        import triton.backends.nvidia  # noqa: F401
-    except ImportError:
-        pytest.skip("this triton has no NVIDIA backend")
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", SM90_COMPILE], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-4000:]
+# The ahead-of-time sm_90 compile checks of every kernel and config (wgmma, spills, shared memory) are in
+# tests/test_sm90.py.
 
 
 # ---- GPU only: triton against cuDNN on ResNet-50 layers, bf16 channels_last -----------------------------------------
@@ -460,6 +392,8 @@ def test_every_autotune_key_holds_every_argument_that_can_change_the_best_config
         meta = set().union(*(c.kwargs for c in kernel.configs))
         wanted = {a for a in kernel.arg_names if not a.endswith("_ptr") and a not in meta}
         assert wanted <= set(kernel.keys), (name, sorted(wanted - set(kernel.keys)))
+        if name.startswith("_pointwise"):  # 1×1, stride 1, no padding by construction: no geometry arguments
+            continue
         geometry = {"str_h", "pad_h", "dil_h", "R", "KH"} & set(kernel.arg_names)
         assert geometry and geometry <= set(kernel.keys), name
 
@@ -504,3 +438,60 @@ def test_rows_learn_the_path_and_config_that_ran_from_the_call(device, untuned):
     config = fwd.facts["triton"]["forward"]["config"]
     assert {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} <= set(config)
     assert bwd.facts["triton"]["wgrad"]["split_k"] == tc.wgrad_splits(p, device, tc.wgrad_path(p))
+
+
+# ---- the 1×1 path: a plain strided GEMM (kernels/triton/gemm.py) --------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "bias+relu"])
+@pytest.mark.parametrize("shape", [(2, 32, 5, 6, 48), (3, 128, 4, 4, 16)], ids=["unaligned", "even-k"])
+def test_pointwise_convs_run_as_a_gemm_in_every_part(shape, fused, device, untuned):
+    """channels_last 1×1 stride-1 convs take the GEMM path forward, dgrad and wgrad (with split-K, the bias
+    gradient and the ReLU mask of the fused conv+ReLU), and agree with the float64 oracle."""
+    import kernels
+
+    N, C, H, W, K = shape
+    impl = implementation("triton", device)
+    p = ConvProblem(N=N, C=C, H=H, W=W, K=K, R=1, S=1, layout="channels_last", bias=fused)
+    assert tc.conv_path(p) == tc.dgrad_path(p) == tc.wgrad_path(p) == "gemm-1x1"
+    t = p.make_inputs(device, requires_grad=True)
+    x, w, b = t["input"], t["weight"], t["bias"]
+    with kernels.recording() as fwd:
+        y = (impl.conv2d_relu if fused else impl.conv2d)(x, w, b)
+    dy = torch.randn_like(y)
+    with kernels.recording() as bwd:
+        y.backward(dy)
+    assert fwd.backend == f"{tc.LABEL}:forward=gemm-1x1"
+    assert bwd.backend == f"{tc.LABEL}:dgrad=gemm-1x1+{tc.LABEL}:wgrad=gemm-1x1"
+    xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    bd = b.detach().double().requires_grad_() if fused else None
+    want = oracle.conv2d(xd, wd, bd)
+    want = want.relu() if fused else want
+    want.backward(dy.double())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert check(y, want, "float32") and check(x.grad, xd.grad, "float32") and check(w.grad, wd.grad, "float32")
+    if fused:
+        assert check(b.grad, bd.grad, "float32")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pointwise_wgrad_splits_whole_blocks_and_empty_splits_add_nothing(device, monkeypatch, untuned):
+    implementation("triton", device)
+    p = ConvProblem(N=2, C=32, H=9, W=9, K=32, R=1, S=1, layout="channels_last")  # L = 162 rows
+    t = p.make_inputs(device)
+    dy = torch.randn(p.output_shape, device=device).contiguous(memory_format=torch.channels_last)
+    want = torch.nn.grad.conv2d_weight(t["input"].double(), p.weight_shape, dy.double())
+    for splits in (1, 2, 5):  # 5 splits of 162 rows rounded up to 128: splits 2–4 have no rows and store zeros
+        dw, _ = tc.conv2d_wgrad(dy, t["input"], p, torch.float32, splits=splits)
+        assert check(dw, want, "float32"), splits
+
+
+def test_pointwise_falls_back_to_the_gather_gemm_when_pixels_are_not_evenly_spaced(untuned):
+    import kernels
+
+    impl = implementation("triton", "cpu")
+    x = torch.randn(2, 32, 4, 8).contiguous(memory_format=torch.channels_last)[:, :, :, ::2]  # every other column
+    w = torch.randn(32, 32, 1, 1)
+    with kernels.recording() as rec:
+        y = impl.conv2d(x, w)
+    assert rec.backend == f"{tc.LABEL}:forward=gemm", "the row says which kernel really ran"
+    assert check(y, F.conv2d(x.double(), w.double()), "float32")

@@ -47,3 +47,41 @@ def test_stored_configs_round_trip_and_merge_skips_a_cut_line(tmp_path):
     assert (got.kwargs, got.num_warps, got.num_stages) == ({"BLOCK_M": 64, "BLOCK_N": 32}, 4, 3)
     assert again.lookup("missing") is None and again.hits == 1
     assert tuning.merge(lines, "NVIDIA H200", target)[1] == 0, "merging twice adds nothing"
+
+
+def _small(**kw):
+    return ConvProblem(**{**dict(N=2, C=32, H=6, W=6, K=32, R=3, S=3, padding=(1, 1), layout="channels_last"), **kw})
+
+
+def test_every_config_is_run_and_checked_against_the_fp32_reference():
+    from kernels.triton import conv
+
+    problems = [_small(), _small(R=1, S=1, padding=(0, 0))]
+    rows = tuning.check_configs(problems, "cpu")
+    assert {(r["part"], r["status"]) for r in rows} == {(part, "ok") for part in ("forward", "dgrad", "wgrad")}
+    # under the interpreter each kernel has one config: one row per part and problem, naming what ran
+    assert len(rows) == 6 and all(r["index"] == 0 and r["config"]["source"] == "forced" for r in rows)
+    kernels = {r["kernel"] for r in rows}
+    assert {"_conv_fwd_gemm_kernel", "_pointwise_gemm_kernel", "_conv_wgrad_gemm_kernel"} <= kernels
+    assert not conv._PLANS, "a forced config is never kept as a plan"
+
+
+def test_a_config_computing_wrong_results_is_reported(monkeypatch):
+    real = tuning.conv_reference
+
+    def off_by_a_bit(p, *operands):  # as if the config summed a tap twice
+        ref = real(p, *operands)
+        return {**ref, "dgrad": tuple(t * 1.1 for t in ref["dgrad"])}
+
+    monkeypatch.setattr(tuning, "conv_reference", off_by_a_bit)
+    rows = tuning.check_configs([_small()], "cpu")
+    status = {r["part"]: r["status"] for r in rows}
+    assert status == {"forward": "ok", "dgrad": "mismatch", "wgrad": "ok"}
+    assert "outside rtol" in next(r for r in rows if r["part"] == "dgrad")["error"]
+
+
+def test_forcing_past_the_last_config_ends_the_enumeration():
+    calls, _ = tuning.conv_parts(_small(), "cpu")
+    seen = list(tuning.each_config(calls["forward"]))
+    assert [i for i, _, _ in seen] == [0], "the interpreter's single config, then NoSuchConfig"
+    assert tuning.precompile(_small(), "cpu", parts=("forward",)) == {"configs": 1, "errors": []}

@@ -11,6 +11,8 @@ Which kernel runs (``conv_path``):
               BLOCK_M×BLOCK_N output tile and group, one flat loop over (tap, BLOCK_K channel block).
 - ``gemm-flat``: the same, reducing over the flattened (r, s, c) axis decoded per element: no channel padding
               when Cg is small or not a multiple of 16 (e.g. an RGB stem).
+- ``gemm-1x1``: 1×1, stride 1, no padding, one group, channels_last: a plain strided GEMM (kernels/triton/gemm.py)
+              over the N·H·W pixel rows — no pixel decode, tap loop or halo masks.
 - ``direct``: Kg < 16 (depthwise, ResNeXt-style tiny groups): a GEMM tile would be mostly padding, so each program
               owns BLOCK_M pixels × BLOCK_N output channels of all groups and accumulates R·S·Cg outer products on
               the FMA units.
@@ -24,6 +26,7 @@ blocks: every Triton op there is a numpy call, so fewer, larger programs are fas
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import math
@@ -39,6 +42,8 @@ from .._common import batch_slices
 from .._common import output_memory_format as memory_format
 from .._provenance import active as _provenance_on
 from .._provenance import note
+from . import tuning
+from .gemm import _pointwise_gemm_kernel, flat_rows
 
 #: True when the kernels below are interpreted on the CPU (decided by TRITON_INTERPRET when triton was imported)
 INTERPRETED = bool(triton.knobs.runtime.interpret)
@@ -108,23 +113,28 @@ def _cfg(bm, bn, bk, warps, stages, group_m=8):
 
 
 # H100 (sm_90, 228 KB shared memory per SM): the matmul-tutorial shapes for 16-bit and TF32 tensor-core tiles,
-# plus narrow and fp64-sized tiles; _prune_gemm drops those that waste a tile on small channel counts or
-# overflow shared memory for the element size.
-# The first config that survives pruning is the untuned default (AUTOTUNE off).
+# small ones for small problems (64 rows: wgmma works on 64-row warpgroup tiles, a 32-row tile falls back to mma.sync)
+# and a 32-row one for the dots without wgmma (fp64, IEEE fp32); fits/_prune_gemm drop those that overflow shared
+# memory, are too big for the register-bound paths or waste a tile on small channel counts. Every survivor is checked
+# to compile to wgmma without spills by kernels/triton/sm90.py (tests/test_sm90.py). The first config that survives
+# pruning is the untuned default (AUTOTUNE off).
 GEMM_CONFIGS = [
-    _cfg(128, 128, 32, 4, 4), _cfg(128, 64, 32, 4, 4), _cfg(64, 64, 32, 4, 3), _cfg(64, 32, 32, 4, 5),
+    _cfg(128, 128, 32, 8, 4), _cfg(128, 64, 32, 4, 4), _cfg(64, 64, 32, 4, 3), _cfg(64, 32, 32, 4, 5),
     _cfg(128, 256, 64, 8, 3), _cfg(256, 128, 64, 8, 3), _cfg(128, 128, 64, 8, 3), _cfg(128, 64, 64, 4, 4),
-    _cfg(64, 128, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(32, 64, 32, 4, 5), _cfg(64, 64, 16, 4, 2),
-    _cfg(32, 32, 16, 4, 2),
+    _cfg(64, 128, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 16, 4, 3), _cfg(64, 64, 16, 4, 2),
+    _cfg(64, 16, 32, 4, 3), _cfg(32, 32, 16, 4, 2),
 ]
+# Direct tiles of at most 32 elements per thread, shaped so that neither triton 3.6 nor 3.8 lays them out with one
+# thread on many channels of one pixel (64×64 on 4 warps, 128×64 on 8 and the like spill in their loops on 3.6).
 DIRECT_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-    for bm, bn, w, st in [(64, 64, 4, 3), (128, 32, 4, 3), (32, 128, 4, 3), (128, 64, 8, 3), (256, 32, 8, 2),
-                          (64, 16, 2, 3), (32, 32, 2, 3)]
+    for bm, bn, w, st in [(64, 32, 4, 3), (32, 64, 4, 3), (32, 128, 4, 3), (128, 16, 4, 3), (16, 128, 4, 3),
+                          (32, 256, 8, 3), (64, 16, 2, 3), (32, 32, 2, 3)]
 ]
 WGRAD_DIRECT_CONFIGS = [
     triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-    for bn, bk, w, st in [(64, 64, 4, 3), (32, 128, 4, 3), (128, 32, 4, 3), (16, 256, 4, 3), (64, 128, 8, 3)]
+    for bn, bk, w, st in [(64, 64, 4, 3), (32, 128, 4, 3), (128, 32, 4, 3), (16, 256, 4, 3), (64, 128, 8, 3),
+                          (64, 64, 8, 3)]
 ]
 FWD_CONFIGS = DGRAD_CONFIGS = WGRAD_CONFIGS = GEMM_CONFIGS
 if INTERPRETED:
@@ -136,27 +146,53 @@ if INTERPRETED:
     WGRAD_DIRECT_CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_warps=1, num_stages=1)]
 
 
+def fits(c, itemsize: int, precision: str = "tf32", flat: bool = False) -> bool:
+    """Whether GEMM config ``c`` can run well for ``itemsize``-byte elements and dot ``precision``, whatever the
+    problem: wgmma (16-bit, TF32) needs 64-row tiles; fp64 (DMMA) and IEEE fp32 (FMA) dots and the flat paths'
+    per-element gathers are register-bound, so they get tiles of at most 64×64 (64×32 for fp64 and for both at
+    once) and BLOCK_K 16 for those dots, 32 for the gathers; the stage buffers must fit shared memory (H100: 227 KB
+    per block)."""
+    bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+    no_wgmma = itemsize == 8 or (itemsize == 4 and precision == "ieee")
+    if bm < 64 and not no_wgmma:
+        return False
+    if no_wgmma or flat:
+        area, depth = (64 * 32 if itemsize == 8 or no_wgmma and flat else 64 * 64), (16 if no_wgmma else 32)
+        if bm * bn > area or bk > depth:
+            return False
+    return (c.num_stages + 1) * (bm + bn) * bk * itemsize <= 224 * 1024  # stage buffers (+1 measured on sm_90)
+
+
 def _prune_gemm(configs, named_args, **kwargs):
-    """Keep the tiles that fit this GEMM: shared memory for the element size (H100: 227 KB per block), block edges
-    no wider than the (power-of-two rounded) sizes they tile, and small tiles for fp64 (DMMA, register-bound)."""
+    """Keep the tiles that fit this GEMM (``fits``) with block edges no wider than the (power-of-two rounded) sizes
+    they tile; the smallest fitting tile when none is that narrow."""
     if len(configs) == 1:
         return configs
     itemsize = named_args["a_ptr"].element_size()
+    fitting = [c for c in configs if fits(c, itemsize, kwargs.get("PRECISION", "tf32"),
+                                          bool(kwargs.get("FLAT_K") or kwargs.get("FLAT")))]
     rows, cols, red = named_args["GEMM_M"], named_args["GEMM_N"], named_args["GEMM_RED"]
     m_cap = max(MIN_DOT, triton.next_power_of_2(rows))
     n_cap = max(MIN_DOT, triton.next_power_of_2(cols))
     k_cap = max(MIN_DOT, triton.next_power_of_2(red))
-    kept = []
-    for c in configs:
-        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-        if itemsize == 8 and (bm * bn > 64 * 64 or bk > 16):
-            continue
-        if (c.num_stages + 1) * (bm + bn) * bk * itemsize > 224 * 1024:  # stage buffers (+1 measured on sm_90)
-            continue
-        if bm > m_cap or bn > n_cap or bk > k_cap:
-            continue
-        kept.append(c)
-    kept = kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    kept = [c for c in fitting if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap
+            and c.kwargs["BLOCK_K"] <= k_cap]
+    kept = kept or [min(fitting or configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return kept if AUTOTUNE else kept[:1]
+
+
+def fits_direct(c, itemsize: int) -> bool:
+    """Direct (FMA) tiles: at most 16 elements per thread for fp64, whose accumulators and operands take two
+    registers each."""
+    return itemsize < 8 or math.prod(c.kwargs.values()) <= 16 * 32 * c.num_warps
+
+
+def _prune_direct(configs, named_args, **kwargs):
+    """The direct tiles that fit the element size (the first pointer argument's); the first when AUTOTUNE is off."""
+    if len(configs) == 1:
+        return configs
+    itemsize = next(v for k, v in named_args.items() if k.endswith("_ptr")).element_size()
+    kept = [c for c in configs if fits_direct(c, itemsize)] or configs[:1]
     return kept if AUTOTUNE else kept[:1]
 
 
@@ -187,7 +223,7 @@ def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PRECISION)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)  # triton 3.6 wants fp64 said
 
 
 def autotune(configs, **kwargs):
@@ -198,8 +234,28 @@ def autotune(configs, **kwargs):
 
     def decorate(fn):
         key = [a for a in fn.arg_names if not a.endswith("_ptr") and a not in meta]
+        if _AUTOTUNE_BENCH:
+            kwargs.setdefault("do_bench", _short_bench)
         return triton.autotune(configs=configs, key=key, **kwargs)(fn)
     return decorate
+
+
+def _short_bench(kernel_call, quantiles):
+    """Autotuning's timing of one config: 5 ms of warm-up and 25 ms of calls (Triton's default 25 + 100 ms spends
+    ~1.6 s tuning one launch over 13 configs); enough to rank configs, which are then timed properly by the bench."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _accepts_do_bench() -> bool:
+    import inspect
+
+    try:
+        return "do_bench" in inspect.signature(triton.autotune).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_AUTOTUNE_BENCH = _accepts_do_bench()
 
 
 # ---- forward ------------------------------------------------------------------------------------------------------
@@ -246,13 +302,15 @@ def _conv_fwd_gemm_kernel(
             c = t % Cg
             r = t // (Cg * S)
             s = (t // Cg) % S
-            ih = ih0[:, None] + (r * dil_h)[None, :]
-            iw = iw0[:, None] + (s * dil_w)[None, :]
-            a_ok = m_ok[:, None] & t_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_rows[:, None] + ih * sxh + iw * sxw + (c * sxc)[None, :], mask=a_ok, other=0.0)
+            # the A tile is gathered transposed (BLOCK_K × BLOCK_M): Triton then spreads the threads over the
+            # pixels, so each holds the row state (pointer, ih0, iw0) of few pixels — [BLOCK_M, BLOCK_K] spills
+            ih = ih0[None, :] + (r * dil_h)[:, None]
+            iw = iw0[None, :] + (s * dil_w)[:, None]
+            a_ok = m_ok[None, :] & t_ok[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_rows[None, :] + ih * sxh + iw * sxw + (c * sxc)[:, None], mask=a_ok, other=0.0)
             b = tl.load(w_cols[None, :] + (c * swc + r * swr + s * sws)[:, None],
                         mask=t_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = _mma(a, b, acc, PRECISION, UPCAST)
+            acc = _mma(tl.trans(a), b, acc, PRECISION, UPCAST)
     else:
         # iteration = (tap r·S + s, channel block): the tap's row offsets and masks are BLOCK_M-vector work
         c_blocks = tl.cdiv(Cg, BLOCK_K)
@@ -282,7 +340,7 @@ def _conv_fwd_gemm_kernel(
 # pixels × BLOCK_N output channels (any groups) and does R·S·Cg rank-1 updates on the FMA units — no tile padding
 # to the tensor-core minimum of 16. Traffic: each input element read R·S times (L1/L2 hits after the first), the weight
 # once per program, the output written once.
-@autotune(DIRECT_CONFIGS, prune_configs_by=TUNING)
+@autotune(DIRECT_CONFIGS, prune_configs_by={"early_config_prune": _prune_direct})
 @triton.jit
 def _conv_fwd_direct_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
@@ -301,7 +359,8 @@ def _conv_fwd_direct_kernel(
     q = rm % Q
     ih0 = p * str_h - pad_h
     iw0 = q * str_w - pad_w
-    x_rows = x_ptr + n * sxn
+    x_rows = n * sxn
+    y_rows = n * syn + p * syp + q * syq  # before the loops: one live value per pixel, not n, p and q
     x_chan = ((k // Kg) * Cg) * sxc  # first input channel of each output channel's group
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for r in range(R):
@@ -310,17 +369,18 @@ def _conv_fwd_direct_kernel(
         for s in range(S):
             iw = iw0 + s * dil_w
             ok = (h_ok & (iw >= 0) & (iw < W))[:, None] & k_ok[None, :]
-            a_ptrs = (x_rows + ih * sxh + iw * sxw)[:, None] + x_chan[None, :]
-            w_ptrs = w_ptr + k * swk + r * swr + s * sws
+            # int32 offsets, not pointers: half the registers for the BLOCK_M×BLOCK_N gather
+            a_offs = (x_rows + ih * sxh + iw * sxw)[:, None] + x_chan[None, :]
+            w_offs = k * swk + r * swr + s * sws
             for j in range(Cg):
-                a = tl.load(a_ptrs + j * sxc, mask=ok, other=0.0).to(ACC)
-                wv = tl.load(w_ptrs + j * swc, mask=k_ok, other=0.0).to(ACC)
+                a = tl.load(x_ptr + (a_offs + j * sxc), mask=ok, other=0.0).to(ACC)
+                wv = tl.load(w_ptr + (w_offs + j * swc), mask=k_ok, other=0.0).to(ACC)
                 acc += a * wv[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + k, mask=k_ok, other=0.0).to(ACC)[None, :]
     if RELU:
         acc = tl.where(acc < 0, 0.0, acc)
-    y = y_ptr + (n * syn + p * syp + q * syq)[:, None] + (k * syk)[None, :]
+    y = y_ptr + y_rows[:, None] + (k * syk)[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
 
 
@@ -391,10 +451,9 @@ def _conv_dgrad_gemm_kernel(
         row_ok = m_ok & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
         a_offs = (dy_rows + p * sdp + q * sdq)[:, None] + (k * sdk)[None, :]
         a_mask = row_ok[:, None] & k_ok[None, :]
+        if RELU_MASK:  # a load mask, not a select: the dy tile can go straight to shared memory
+            a_mask &= tl.load(y_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32) > 0
         a = tl.load(a_ptr + a_offs, mask=a_mask, other=0.0)
-        if RELU_MASK:
-            alive = tl.load(y_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32) > 0
-            a = tl.where(alive, a, tl.zeros_like(a))
         b = tl.load(w_cols[None, :] + (r * swr + s * sws + k * swk)[:, None], mask=k_ok[:, None] & c_ok[None, :],
                     other=0.0)
         acc = _mma(a, b, acc, PRECISION, UPCAST)
@@ -408,7 +467,7 @@ def _conv_dgrad_gemm_kernel(
 # dx[m, c] = Σ_{live r, s} Σ_{j < Kg} dy[n, g(c)·Kg + j, p, q] · w[g(c)·Kg + j, c mod Cg, r, s]. One program owns
 # BLOCK_M pixels of one phase × BLOCK_N input channels. Traffic: dy read once per live tap (cache hits after the first),
 # the weight once per program, dx written once.
-@autotune(DIRECT_CONFIGS, prune_configs_by=TUNING)
+@autotune(DIRECT_CONFIGS, prune_configs_by={"early_config_prune": _prune_direct})
 @triton.jit
 def _conv_dgrad_direct_kernel(
     dy_ptr, w_ptr, y_ptr, dx_ptr,
@@ -429,6 +488,7 @@ def _conv_dgrad_direct_kernel(
     n = rm // tl.maximum(Hc * Wc, 1)
     i = (rm // tl.maximum(Wc, 1)) % tl.maximum(Hc, 1)
     j = rm % tl.maximum(Wc, 1)
+    dx_rows = n * sxn + (ph + i * str_h) * sxh + (pw + j * str_w) * sxw  # before the loops, as in the forward
     k_first = (rc // Cg) * Kg  # first output channel of each input channel's group
     w_base = w_ptr + k_first * swk + (rc % Cg) * swc
     r0, nr = _live_taps(ph, pad_h, dil_h, str_h, step_h, R)
@@ -445,15 +505,14 @@ def _conv_dgrad_direct_kernel(
             offs = (n * sdn + p * sdp + q * sdq)[:, None] + (k_first * sdk)[None, :]
             w_tap = w_base + r * swr + s * sws
             for kk in range(Kg):
-                a = tl.load(dy_ptr + offs + kk * sdk, mask=ok, other=0.0).to(ACC)
+                o = offs + kk * sdk  # int32 offsets, not a pointer tile: half the registers
+                ok_k = ok
                 if RELU_MASK:
-                    alive = tl.load(y_ptr + offs + kk * sdk, mask=ok, other=0.0).to(tl.float32) > 0
-                    a = tl.where(alive, a, 0.0)
+                    ok_k = ok & (tl.load(y_ptr + o, mask=ok, other=0.0).to(tl.float32) > 0)
+                a = tl.load(dy_ptr + o, mask=ok_k, other=0.0).to(ACC)
                 wv = tl.load(w_tap + kk * swk, mask=c_ok, other=0.0).to(ACC)
                 acc += a * wv[None, :]
-    h = ph + i * str_h
-    w = pw + j * str_w
-    dx = dx_ptr + (n * sxn + h * sxh + w * sxw)[:, None] + (rc * sxc)[None, :]
+    dx = dx_ptr + dx_rows[:, None] + (rc * sxc)[None, :]
     tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
 
@@ -463,9 +522,10 @@ def _conv_dgrad_direct_kernel(
 # thin, so it is split (split-K): program_id(2) sums rows [split·rows_per_split, (split+1)·rows_per_split) only and
 # writes its BLOCK_M×BLOCK_N partial tile to its own slice of an fp32 buffer (fp64 for fp64), which
 # _split_reduce_kernel then sums in split order — deterministic, no atomics. With one split the tile is stored
-# straight into dw. HAS_BIAS: the programs of tile column 0 and tap 0 also row-sum the dy tile they already hold
-# — the bias gradient for free. Traffic: dy read once per tile column and tap, x once per tile row, the partials
-# written once and read once.
+# straight into dw. HAS_BIAS: the programs of tile column 0 and tap 0 also row-sum the dy rows of their split, in a
+# pass of their own before the main loop (summed inside it, the dy tile would sit in registers next to the
+# accumulator: spills on the big tiles) — one more read of dy by 1/(column tiles · taps) of the programs. Traffic:
+# dy read once per tile column and tap, x once per tile row, the partials written once and read once.
 @autotune(WGRAD_CONFIGS, prune_configs_by={"early_config_prune": _prune_gemm})
 @triton.jit
 def _conv_wgrad_gemm_kernel(
@@ -504,9 +564,21 @@ def _conv_wgrad_gemm_kernel(
     x_cols = x_ptr + (g * Cg + c) * sxc
     start = split * rows_per_split
     end = tl.minimum(start + rows_per_split, GEMM_RED)
-    bias_program = (pid_n == 0) & (tap == 0)
+    if HAS_BIAS:
+        # the bias gradient in its own pass over the dy rows, by the programs of tile column 0 and tap 0 only:
+        # summed inside the main loop it would need the dy tile in registers next to the accumulator (spills)
+        if (pid_n == 0) & (tap == 0):
+            bacc = tl.zeros((BLOCK_M,), dtype=ACC)
+            for l0 in range(start, end, BLOCK_K):
+                l = l0 + rk
+                n = l // (P * Q)
+                a_offs = dy_cols[:, None] + (n * sdn + ((l // Q) % P) * sdp + (l % Q) * sdq)[None, :]
+                a_mask = m_ok[:, None] & (l < end)[None, :]
+                if RELU_MASK:
+                    a_mask &= tl.load(y_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32) > 0
+                bacc += tl.sum(tl.load(a_ptr + a_offs, mask=a_mask, other=0.0).to(ACC), axis=1)
+            tl.store(db_ptr + split * sb_split + g * Kg + rm, bacc.to(db_ptr.dtype.element_ty), mask=m_ok)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    bacc = tl.zeros((BLOCK_M,), dtype=ACC)
     for l0 in range(start, end, BLOCK_K):
         l = l0 + rk
         l_ok = l < end
@@ -515,10 +587,9 @@ def _conv_wgrad_gemm_kernel(
         q = l % Q
         a_offs = dy_cols[:, None] + (n * sdn + p * sdp + q * sdq)[None, :]
         a_mask = m_ok[:, None] & l_ok[None, :]
+        if RELU_MASK:  # as in dgrad: a load mask
+            a_mask &= tl.load(y_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32) > 0
         a = tl.load(a_ptr + a_offs, mask=a_mask, other=0.0)
-        if RELU_MASK:
-            alive = tl.load(y_ptr + a_offs, mask=a_mask, other=0.0).to(tl.float32) > 0
-            a = tl.where(alive, a, tl.zeros_like(a))
         if FLAT:
             ih = (p * str_h - pad_h)[:, None] + (r * dil_h)[None, :]
             iw = (q * str_w - pad_w)[:, None] + (s * dil_w)[None, :]
@@ -531,21 +602,16 @@ def _conv_wgrad_gemm_kernel(
             b = tl.load(x_cols[None, :] + (n * sxn + ih * sxh + iw * sxw)[:, None],
                         mask=row_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(a, b, acc, PRECISION, UPCAST)
-        if HAS_BIAS:
-            if bias_program:
-                bacc += tl.sum(a.to(ACC), axis=1)
     out = dw_ptr + split * s_split + ((g * Kg + rm) * sok)[:, None] + (c * soc + r * sor + s * sos)[None, :]
     tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-    if HAS_BIAS:
-        if bias_program:
-            tl.store(db_ptr + split * sb_split + g * Kg + rm, bacc.to(db_ptr.dtype.element_ty), mask=m_ok)
 
 
 # Direct wgrad for tiny groups: dw[k, j, r, s] = Σ_l dy[l, k] · x[l @ tap (r, s), g(k)·Cg + j]. One program owns
 # BLOCK_N output channels (any groups) of one (tap, j) pair and one split of the L = N·P·Q rows; it multiplies
 # BLOCK_K×BLOCK_N tiles elementwise and reduces over the rows once at the end. Traffic: dy read R·S·Cg times, x
-# once per tap, partials as in the GEMM version; program (tap 0, j 0) also sums dy for the bias gradient.
-@autotune(WGRAD_DIRECT_CONFIGS, prune_configs_by=TUNING)
+# once per tap, partials as in the GEMM version; program (tap 0, j 0) also sums dy for the bias gradient (in a pass
+# of its own, as in the GEMM version).
+@autotune(WGRAD_DIRECT_CONFIGS, prune_configs_by={"early_config_prune": _prune_direct})
 @triton.jit
 def _conv_wgrad_direct_kernel(
     dy_ptr, x_ptr, y_ptr, dw_ptr, db_ptr,
@@ -566,9 +632,19 @@ def _conv_wgrad_direct_kernel(
     x_chan = ((k // Kg) * Cg + jj) * sxc
     start = split * rows_per_split
     end = tl.minimum(start + rows_per_split, L)
-    bias_program = tl.program_id(0) == 0
+    if HAS_BIAS:
+        if tl.program_id(0) == 0:
+            bacc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
+            for l0 in range(start, end, BLOCK_K):
+                l = l0 + tl.arange(0, BLOCK_K)
+                n = l // (P * Q)
+                dy_offs = (n * sdn + ((l // Q) % P) * sdp + (l % Q) * sdq)[:, None] + (k * sdk)[None, :]
+                dy_mask = (l < end)[:, None] & k_ok[None, :]
+                if RELU_MASK:
+                    dy_mask &= tl.load(y_ptr + dy_offs, mask=dy_mask, other=0.0).to(tl.float32) > 0
+                bacc += tl.load(dy_ptr + dy_offs, mask=dy_mask, other=0.0).to(ACC)
+            tl.store(db_ptr + split * sb_split + k, tl.sum(bacc, axis=0).to(db_ptr.dtype.element_ty), mask=k_ok)
     acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
-    bacc = tl.zeros((BLOCK_K, BLOCK_N), dtype=ACC)
     for l0 in range(start, end, BLOCK_K):
         l = l0 + tl.arange(0, BLOCK_K)
         l_ok = l < end
@@ -577,24 +653,17 @@ def _conv_wgrad_direct_kernel(
         q = l % Q
         dy_offs = (n * sdn + p * sdp + q * sdq)[:, None] + (k * sdk)[None, :]
         dy_mask = l_ok[:, None] & k_ok[None, :]
-        a = tl.load(dy_ptr + dy_offs, mask=dy_mask, other=0.0).to(ACC)
         if RELU_MASK:
-            alive = tl.load(y_ptr + dy_offs, mask=dy_mask, other=0.0).to(tl.float32) > 0
-            a = tl.where(alive, a, 0.0)
+            dy_mask &= tl.load(y_ptr + dy_offs, mask=dy_mask, other=0.0).to(tl.float32) > 0
+        a = tl.load(dy_ptr + dy_offs, mask=dy_mask, other=0.0).to(ACC)
         ih = p * str_h - pad_h + r * dil_h
         iw = q * str_w - pad_w + s * dil_w
         row_ok = l_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         xv = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + x_chan[None, :],
                      mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
         acc += a * xv
-        if HAS_BIAS:
-            if bias_program:
-                bacc += a
     out = dw_ptr + split * s_split + k * sok + jj * soc + r * sor + s * sos
     tl.store(out, tl.sum(acc, axis=0).to(dw_ptr.dtype.element_ty), mask=k_ok)
-    if HAS_BIAS:
-        if bias_program:
-            tl.store(db_ptr + split * sb_split + k, tl.sum(bacc, axis=0).to(db_ptr.dtype.element_ty), mask=k_ok)
 
 
 # Split-K reduction: dst[i] = Σ_{split} src[split, i], summed in split order in ACC precision and cast to dst's
@@ -607,6 +676,32 @@ def _split_reduce_kernel(src_ptr, dst_ptr, numel, splits, ACC: tl.constexpr, BLO
     for i in range(splits):
         acc += tl.load(src_ptr + i * numel + offs, mask=ok, other=0.0).to(ACC)
     tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=ok)
+
+
+def fits_pointwise(c, itemsize: int, precision: str = "tf32", mask: bool = False) -> bool:
+    """``fits`` for the 1×1 GEMM, which additionally spills on sm_90 (kernels/triton/sm90.py) with 256-wide tiles
+    when it reads the ReLU mask beside A, and with 64×64 tiles on IEEE fp32 (FMA) dots."""
+    bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+    if mask and bm * bn > 128 * 128 or itemsize == 4 and precision == "ieee" and bm * bn > 64 * 32:
+        return False
+    return fits(c, itemsize, precision)
+
+
+def _prune_pointwise(configs, named_args, **kwargs):
+    if len(configs) > 1:
+        itemsize = named_args["a_ptr"].element_size()
+        configs = [c for c in configs if fits_pointwise(c, itemsize, kwargs.get("PRECISION", "tf32"),
+                                                        bool(kwargs.get("MASK_A")))] or configs
+    return _prune_gemm(configs, named_args, **kwargs)
+
+
+# The 1×1 GEMM (kernels/triton/gemm.py) tuned as the forward/dgrad GEMMs are, and as wgrad (M = K, long reduction).
+_pointwise_kernel = autotune(FWD_CONFIGS, prune_configs_by={"early_config_prune": _prune_pointwise})(
+    _pointwise_gemm_kernel)
+_pointwise_wgrad_kernel = autotune(WGRAD_CONFIGS, prune_configs_by={"early_config_prune": _prune_pointwise})(
+    _pointwise_gemm_kernel)
+#: rows_per_split and the reductions of EVEN_K launches are multiples of this (the largest BLOCK_K of any config)
+K_ALIGN = 128
 
 
 # ---- host side ----------------------------------------------------------------------------------------------------
@@ -647,18 +742,36 @@ def _upcast(dtype: torch.dtype) -> bool:
     return INTERPRETED and dtype == torch.bfloat16
 
 
+def _pointwise_problem(p: ConvProblem) -> bool:
+    return ((p.R, p.S, tuple(p.stride), p.groups) == (1, 1, (1, 1), 1) and not any(p.pads)
+            and p.layout == "channels_last" and min(p.C, p.K) >= MIN_DOT)
+
+
 def conv_path(p: ConvProblem) -> str:
-    """'direct' (Kg < 16), 'gemm-flat' (Cg < 32 or not a multiple of 16: reduce over flattened r, s, c) or 'gemm'."""
+    """'gemm-1x1' (a channels_last 1×1 stride-1 unpadded conv: a plain GEMM), 'direct' (Kg < 16), 'gemm-flat'
+    (Cg < 32 or not a multiple of 16: reduce over flattened r, s, c) or 'gemm'. The host functions fall back from
+    'gemm-1x1' to 'gemm' when the tensors' pixels are not evenly spaced (and the row says so)."""
     Cg, Kg = p.C // p.groups, p.K // p.groups
+    if _pointwise_problem(p):
+        return "gemm-1x1"
     if Kg < MIN_DOT:
         return "direct"
     return "gemm-flat" if Cg < 2 * MIN_DOT or Cg % MIN_DOT else "gemm"
 
 
 def dgrad_path(p: ConvProblem) -> str:
-    """'direct' when the per-tap reduction Kg is below the tensor-core minimum, else 'gemm' (a small Cg only pads
-    the tile's columns, which costs less than leaving the tensor cores for FMAs)."""
+    """'gemm-1x1' as for the forward; 'direct' when the per-tap reduction Kg is below the tensor-core minimum, else
+    'gemm' (a small Cg only pads the tile's columns, which costs less than leaving the tensor cores for FMAs)."""
+    if _pointwise_problem(p):
+        return "gemm-1x1"
     return "direct" if p.K // p.groups < MIN_DOT else "gemm"
+
+
+def _flat(path: str, *tensors) -> str:
+    """'gemm-1x1' only when every activation tensor's pixels are evenly spaced (else the gather GEMM)."""
+    if path == "gemm-1x1" and any(flat_rows(t) is None for t in tensors):
+        return "gemm"
+    return path
 
 
 def wgrad_path(p: ConvProblem) -> str:
@@ -731,19 +844,47 @@ PLAN_LIMIT = 4096  # distinct calls remembered (a long sweep sees a few hundred)
 
 
 def _tuned(kernel, grid, tensors: tuple, scalars: tuple, meta: dict) -> tuple:
-    """Launch ``kernel`` (an autotuner) once through the autotuner and return the plan step that replays it:
-    (inner JITFunction, grid tuple, scalars, meta with the chosen config's kwargs), plus that config."""
-    kernel[grid](*tensors, *scalars, **meta)
-    cfg = kernel.best_config
+    """Launch ``kernel`` (an autotuner) once and return the plan step that replays it: (inner JITFunction, grid
+    tuple, scalars, meta with the chosen config's kwargs), plus that config. The config is, in order: the forced
+    one (tuning.force), the one stored for this device (tuning.store), else the autotuner's pick — stored then."""
+    cfg, source, key = None, "autotuned", None
+    index = tuning.forced()
+    if index is not None:
+        configs = tuning.pruned(kernel, tensors, scalars, meta)
+        if index >= len(configs):
+            raise tuning.NoSuchConfig(f"{kernel.fn.__name__}: {len(configs)} configs")
+        cfg, source = configs[index], "forced"
+    elif not INTERPRETED and AUTOTUNE and len(kernel.configs) > 1:
+        store = tuning.store(tensors[0].device)
+        key = tuning.launch_key(kernel, tensors, scalars, meta)
+        cfg = store.lookup(key)
+        source = "stored" if cfg is not None else source
+    if cfg is None:
+        kernel[grid](*tensors, *scalars, **meta)
+        cfg = kernel.best_config
+        if key is not None:
+            tuning.store().add(key, cfg)
     full = {**meta, **cfg.all_kwargs()}
-    return (kernel.fn, tuple(grid(full)) if callable(grid) else tuple(grid), scalars, full), cfg
+    grid_t = tuple(grid(full)) if callable(grid) else tuple(grid)
+    if source != "autotuned":
+        kernel.fn.run(*tensors, *scalars, grid=grid_t, warmup=False, **full)
+    cfg = copy.copy(cfg)  # the autotuner's own Config objects stay unmarked
+    cfg.source = source
+    if index is not None:
+        tuning.LAST.update(kernel=kernel.fn.__name__, config=_config_facts(cfg))
+    return (kernel.fn, grid_t, scalars, full), cfg
 
 
 def _config_facts(cfg) -> dict:
-    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    facts = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    if getattr(cfg, "source", None):
+        facts["source"] = cfg.source  # autotuned / stored (kernels/triton/tuned) / forced
+    return facts
 
 
 def _remember(key: tuple, plan: Plan) -> Plan:
+    if tuning.forced() is not None:  # a forced config is never the plan of later calls
+        return plan
     if len(_PLANS) >= PLAN_LIMIT:
         _PLANS.clear()
     _PLANS[key] = plan
@@ -774,6 +915,8 @@ def conv2d_forward(x, weight, bias, p: ConvProblem, relu: bool = False, out_form
     output format)."""
     fmt = memory_format(x if out_format_of is None else out_format_of)
     path = conv_path(p)
+    if path == "gemm-1x1" and (flat_rows(x) is None or fmt != torch.channels_last):
+        path = "gemm"
     key = ("forward", p, path, x.stride(), weight.stride(), fmt, bias is not None, relu, x.dtype, precision(x.dtype),
            x.device, AUTOTUNE)
     plan = _PLANS.get(key)
@@ -803,7 +946,15 @@ def _plan_forward(x, weight, b, y, p: ConvProblem, relu: bool, has_bias: bool, p
         xc, yc = x[chunk], y[chunk]
         M = xc.shape[0] * p.P * p.Q
         args = (*xc.stride(), *weight.stride(), *yc.stride(), *_conv_geometry(p))
-        if path == "direct":
+        if path == "gemm-1x1":  # A = x (M×C), B = wᵀ (C×K), C = y (M×K)
+            grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(p.K, META["BLOCK_N"]), 1)  # noqa: E731
+            step, cfg = _tuned(_pointwise_kernel, grid, (xc, weight, xc, yc, b),
+                               (M, p.K, p.C, p.C, flat_rows(xc), xc.stride(1), weight.stride(1), weight.stride(0),
+                                flat_rows(yc), yc.stride(1), 0, 0),
+                               dict(HAS_BIAS=has_bias, RELU=relu, MASK_A=False, BIAS_SUM=False,
+                                    EVEN_K=p.C % K_ALIGN == 0, PRECISION=precision(x.dtype), UPCAST=_upcast(x.dtype),
+                                    ACC=acc_dtype(x.dtype)))
+        elif path == "direct":
             grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(p.K, META["BLOCK_N"]))  # noqa: E731
             step, cfg = _tuned(_conv_fwd_direct_kernel, grid, (xc, weight, b, yc),
                                (M, p.K, p.H, p.W, p.P, p.Q, Cg, Kg, *args),
@@ -829,7 +980,7 @@ def conv2d_dgrad(dy, weight, p: ConvProblem, x_like: torch.Tensor, y=None) -> to
     if N == 0:
         return dx
     yy = y if y is not None else dy
-    path = dgrad_path(p)
+    path = _flat(dgrad_path(p), dy, dx)
     key = ("dgrad", p, path, dy.stride(), weight.stride(), fmt, x_like.dtype, y is not None, dy.dtype,
            precision(dy.dtype), dy.device, AUTOTUNE)
     plan = _PLANS.get(key)
@@ -857,7 +1008,16 @@ def _plan_dgrad(dy, weight, y, dx, p: ConvProblem, relu_mask: bool, path: str) -
         M = n * triton.cdiv(p.H, sh) * triton.cdiv(p.W, sw)  # pixels of the largest phase
         phase_steps = (sh // math.gcd(sh, p.dilation[0]), sw // math.gcd(sw, p.dilation[1]))
         args = (*dyc.stride(), *weight.stride(), *dxc.stride(), *_conv_geometry(p), *phase_steps)
-        if path == "direct":
+        if path == "gemm-1x1":  # A = dy (M×K), B = w (K×C), C = dx (M×C); y shares dy's strides
+            M = n * p.H * p.W
+            grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(p.C, META["BLOCK_N"]), 1)  # noqa: E731
+            step, cfg = _tuned(_pointwise_kernel, grid, (dyc, weight, yc, dxc, dxc),
+                               (M, p.C, p.K, p.K, flat_rows(dyc), dyc.stride(1), weight.stride(0), weight.stride(1),
+                                flat_rows(dxc), dxc.stride(1), 0, 0),
+                               dict(HAS_BIAS=False, RELU=False, MASK_A=relu_mask, BIAS_SUM=False,
+                                    EVEN_K=p.K % K_ALIGN == 0, PRECISION=precision(dy.dtype),
+                                    UPCAST=_upcast(dy.dtype), ACC=acc_dtype(dy.dtype)))
+        elif path == "direct":
             grid = lambda META, M=M: (triton.cdiv(M, META["BLOCK_M"]), triton.cdiv(p.C, META["BLOCK_N"]),  # noqa: E731
                                       sh * sw)
             step, cfg = _tuned(_conv_dgrad_direct_kernel, grid, (dyc, weight, yc, dxc),
@@ -886,7 +1046,7 @@ def conv2d_wgrad(dy, x, p: ConvProblem, w_dtype: torch.dtype, b_dtype: torch.dty
         dw = torch.zeros(p.weight_shape, dtype=w_dtype, device=dev)
         return dw, (torch.zeros(p.K, dtype=b_dtype, device=dev) if want_bias else None)
     yy = y if y is not None else dy
-    path = wgrad_path(p)
+    path = _flat(wgrad_path(p), dy, x)
     splits = splits or wgrad_splits(p, dev, path)
     key = ("wgrad", p, path, splits, dy.stride(), x.stride(), w_dtype, b_dtype, y is not None, dy.dtype,
            precision(dy.dtype), dev, AUTOTUNE)
@@ -938,7 +1098,16 @@ def _plan_wgrad(dy, x, y, parts, bparts, p: ConvProblem, want_bias: bool, relu_m
         part, bpart = parts[ci * splits:], bparts[ci * splits:]
         args = (*dyc.stride(), *xc.stride(), part.stride(0), *part.stride()[1:], bpart.stride(0),
                 *_conv_geometry(p))
-        if path == "direct":
+        if path == "gemm-1x1":  # A = dyᵀ (K×L), B = x (L×C), C = this split's dw (K×C); split-K over L
+            rows = triton.cdiv(rows, K_ALIGN) * K_ALIGN  # whole BLOCK_K steps per split; empty splits store zeros
+            grid = lambda META: (triton.cdiv(p.K, META["BLOCK_M"]) * triton.cdiv(p.C, META["BLOCK_N"]), splits)  # noqa: E731
+            step, cfg = _tuned(_pointwise_wgrad_kernel, grid, (dyc, xc, yc, part, bpart),
+                               (p.K, p.C, L, rows, dyc.stride(1), flat_rows(dyc), flat_rows(xc), xc.stride(1),
+                                part.stride(1), part.stride(2), part.stride(0), bpart.stride(0)),
+                               dict(HAS_BIAS=False, RELU=False, MASK_A=relu_mask, BIAS_SUM=want_bias,
+                                    EVEN_K=L % K_ALIGN == 0, PRECISION=precision(dy.dtype),
+                                    UPCAST=_upcast(dy.dtype), ACC=acc_dtype(dy.dtype)))
+        elif path == "direct":
             grid = lambda META: (p.R * p.S * Cg, triton.cdiv(p.K, META["BLOCK_N"]), splits)  # noqa: E731
             step, cfg = _tuned(_conv_wgrad_direct_kernel, grid, (dyc, xc, yc, part, bpart),
                                (L, p.K, rows, p.H, p.W, p.P, p.Q, Cg, Kg, *args),
