@@ -281,7 +281,10 @@ def _env_phase(window: Window, units: int, deadline: float) -> dict:
 
 
 def _precompile_one(item) -> dict:
-    """Worker: compile every config of one specialisation (runs in a spawned process, on the GPU)."""
+    """Worker: compile every config of one specialisation (runs in a spawned process, on the GPU). Nothing tuned
+    here is stored: these workers share the GPU, so any timing they did would be noise."""
+    os.environ.pop("CONVBENCH_TUNED_OUT", None)
+    os.environ["CONVBENCH_TUNED"] = "off"
     from kernels.triton import tuning
 
     p, relu, parts = item

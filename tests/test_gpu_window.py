@@ -168,3 +168,11 @@ def test_summary_reads_the_rows_the_window_wrote(tmp_path):
     assert lines[2].startswith("| env | ok | 12 | 4/4 |")
     head = next(line for line in lines if line.startswith("- resnet50-bf16-fwd"))
     assert "triton 0.89× (2 cases)" in head and "triton 40%" in head  # geomean of 0.8 and 1.0
+
+
+def test_every_config_is_checked_on_a_gather_layer_and_a_1x1_layer():
+    from kernels.triton import conv
+
+    paths = {conv.conv_path(p) for p in gpu.config_layers()}
+    assert paths == {"gemm", "gemm-1x1"}, "both GEMM kernels' configs are checked"
+    assert all(p.dtype == "bfloat16" and p.layout == "channels_last" for p in gpu.config_layers())

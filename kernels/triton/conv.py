@@ -579,12 +579,17 @@ def _conv_wgrad_gemm_kernel(
                 bacc += tl.sum(tl.load(a_ptr + a_offs, mask=a_mask, other=0.0).to(ACC), axis=1)
             tl.store(db_ptr + split * sb_split + g * Kg + rm, bacc.to(db_ptr.dtype.element_ty), mask=m_ok)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    # (n, p, q) of the rows: decoded once, then advanced BLOCK_K rows a step with two compare-and-carry steps
+    # (BLOCK_K = dn·P·Q + dp·Q + dq with dp < P and dq < Q) — no integer division inside the loop
+    l = start + rk
+    n = l // (P * Q)
+    p = (l // Q) % P
+    q = l % Q
+    dn = BLOCK_K // (P * Q)
+    dp = (BLOCK_K % (P * Q)) // Q
+    dq = BLOCK_K % Q
     for l0 in range(start, end, BLOCK_K):
-        l = l0 + rk
-        l_ok = l < end
-        n = l // (P * Q)
-        p = (l // Q) % P
-        q = l % Q
+        l_ok = (l0 + rk) < end
         a_offs = dy_cols[:, None] + (n * sdn + p * sdp + q * sdq)[None, :]
         a_mask = m_ok[:, None] & l_ok[None, :]
         if RELU_MASK:  # as in dgrad: a load mask
@@ -602,6 +607,13 @@ def _conv_wgrad_gemm_kernel(
             b = tl.load(x_cols[None, :] + (n * sxn + ih * sxh + iw * sxw)[:, None],
                         mask=row_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(a, b, acc, PRECISION, UPCAST)
+        q += dq
+        carry = q >= Q
+        q = tl.where(carry, q - Q, q)
+        p += dp + carry.to(tl.int32)
+        carry = p >= P
+        p = tl.where(carry, p - P, p)
+        n += dn + carry.to(tl.int32)
     out = dw_ptr + split * s_split + ((g * Kg + rm) * sok)[:, None] + (c * soc + r * sor + s * sos)[None, :]
     tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
