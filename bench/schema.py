@@ -145,6 +145,10 @@ def read_rows(run_dir: Path) -> pd.DataFrame:
     """A run's rows as a DataFrame: results.csv when complete, else what results.jsonl holds."""
     csv = run_dir / "results.csv"
     if csv.exists():
+        with open(csv, "rb") as f:  # written whole by atomic rename, so it ends with a newline; a cut file rarely does
+            f.seek(max(0, csv.stat().st_size - 1))
+            if csv.stat().st_size and f.read(1) != b"\n":
+                raise ValueError(f"{csv} is corrupted (truncated): it does not end with a whole row")
         try:
             frame = pd.read_csv(csv, keep_default_na=False, na_values=[""],
                                 dtype={"stride": str, "padding": str, "dilation": str, "groups": str})
