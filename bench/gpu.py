@@ -26,7 +26,6 @@ logic is tested on the CPU with the GPU parts replaced by fakes.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -117,7 +116,6 @@ class Window:
         self.start = clock()
         self.deadline = self.start + budget
         self.records: list[dict] = []
-        self.device = "cuda"
 
     def left(self) -> float:
         return self.deadline - self.clock()
@@ -133,7 +131,8 @@ def execute(window: Window, phases: list[Phase], log=print) -> list[dict]:
     raises is recorded as failed and the window goes on; phases.json is rewritten after every phase."""
     for i, ph in enumerate(phases):
         left = window.left() - RESERVE_S
-        step = plan(phases[i:], left)[0]
+        rest = plan(phases[i:], left)
+        step = rest[0]
         record = {"phase": ph.name, "planned_s": round(step.seconds, 1), "units": step.units,
                   "of_units": ph.units, "state": step.state}
         if step.units == 0:
@@ -143,7 +142,7 @@ def execute(window: Window, phases: list[Phase], log=print) -> list[dict]:
             log(f"phase {ph.name}: {step.state}, {step.units} units, planned {step.seconds:.0f} s, {left:.0f} s left")
             t0 = window.clock()
             # the phase may use its planned time plus whatever the plan of the rest leaves spare, never the reserve
-            spare = max(0.0, left - sum(s.seconds for s in plan(phases[i:], left)))
+            spare = max(0.0, left - sum(s.seconds for s in rest))
             phase_deadline = min(t0 + step.seconds + spare, window.deadline - RESERVE_S)
             try:
                 result = ph.run(window, step.units, phase_deadline) or {}
@@ -303,7 +302,7 @@ def _checks_phase(window: Window, units: int, deadline: float) -> dict:
         [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-n", "4",
          f"--junitxml={out / 'pytest-gpu.xml'}", "tests"], cwd=ROOT, stdout=open(out / "pytest-gpu.log", "w"),
         stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    items = precompile_items()[:units] if units < len(precompile_items()) else precompile_items()
+    items = precompile_items()[:units]
     compiled, errors, done = 0, [], 0
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_precompile_one, it) for it in items]
@@ -407,26 +406,28 @@ def summary(out: Path, records: list[dict]) -> list[str]:
 
 
 def headline(out: Path) -> list[str]:
-    """Geometric-mean speedups over cudnn per suite and implementation, from the rows written."""
+    """Geometric-mean speedups over cudnn per suite, op and implementation (the report's own ``speedups``), from
+    the rows streamed so far, and the median share of peak."""
     import pandas as pd
 
+    from .report import BASELINE, speedups
+    from .schema import read_jsonl
+
     lines = []
+    col = f"geomean speedup vs {BASELINE}"
     for run in SUITE_RUNS:
         path = out / run.name / "results.jsonl"
         if not path.exists():
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
         df = pd.DataFrame([r for r in rows if r.get("status") == "ok" and r.get("median_ms")])
-        if df.empty or "cudnn" not in set(df["impl"]):
+        if df.empty or BASELINE not in set(df["impl"]):
             lines.append(f"- {run.name}: {len(rows)} rows")
             continue
-        base = df[df["impl"] == "cudnn"].set_index("case_key")["median_ms"]
-        parts = []
-        for impl, g in df[df["impl"] != "cudnn"].groupby("impl"):
-            r = (base.reindex(g["case_key"]).values / g["median_ms"].values)
-            r = r[r == r]
-            if len(r):
-                parts.append(f"{impl} {math.exp(sum(math.log(x) for x in r) / len(r)):.2f}× ({len(r)} cases)")
+        sp = speedups(df)
+        several = sp["op"].nunique() > 1
+        parts = [f"{r['impl']}{'/' + r['op'] if several else ''} {r[col]:.2f}× ({r['vs cases']} cases)"
+                 for _, r in sp.iterrows() if r["impl"] != BASELINE and r[col] == r[col]]
         pct = df.groupby("impl")["pct_peak"].median() if "pct_peak" in df else None
         peak = "" if pct is None else "; median % of peak: " + ", ".join(f"{k} {v:.0f}%" for k, v in pct.items()
                                                                           if v == v)

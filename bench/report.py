@@ -213,11 +213,12 @@ def write_reports(run_dirs: list[Path], out: Path | None = None) -> int:
     import sys
 
     run_dirs = [Path(d) for d in run_dirs]
+    frames = {}
     for d in run_dirs:
         try:
             if not d.is_dir():
                 raise FileNotFoundError(f"{d} is not a directory")
-            read_rows(d)
+            frames[d] = read_rows(d)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             print(f"convbench report: cannot read run {d}: {exc}", file=sys.stderr)
             return 2
@@ -230,7 +231,7 @@ def write_reports(run_dirs: list[Path], out: Path | None = None) -> int:
     out = Path(out) if out else Path("results") / "runs" / ("report-" + "-vs-".join(names))[:120]
     out.mkdir(parents=True, exist_ok=True)
     col = f"geomean speedup vs {BASELINE}"
-    table = pd.concat({n: speedups(read_rows(d)).set_index(["op", "impl"])[col] for n, d in zip(names, run_dirs)},
+    table = pd.concat({n: speedups(frames[d]).set_index(["op", "impl"])[col] for n, d in zip(names, run_dirs)},
                       axis=1)
     envs = {}
     for n, d in zip(names, run_dirs):

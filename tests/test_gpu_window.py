@@ -160,8 +160,9 @@ def test_bad_usage_exits_2_and_writes_nothing(tmp_path, args, reason):
 def test_summary_reads_the_rows_the_window_wrote(tmp_path):
     rows = []
     for case, t_cudnn, t_triton in [("c1", 1.0, 1.25), ("c2", 2.0, 2.0)]:
-        rows += [{"case_key": case, "impl": "cudnn", "status": "ok", "median_ms": t_cudnn, "pct_peak": 50.0},
-                 {"case_key": case, "impl": "triton", "status": "ok", "median_ms": t_triton, "pct_peak": 40.0}]
+        row = {"op": "conv2d", "case_key": case, "status": "ok", "gflops": 1.0}
+        rows += [dict(row, impl="cudnn", median_ms=t_cudnn, pct_peak=50.0),
+                 dict(row, impl="triton", median_ms=t_triton, pct_peak=40.0)]
     (tmp_path / "resnet50-bf16-fwd").mkdir()
     (tmp_path / "resnet50-bf16-fwd" / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     lines = gpu.summary(tmp_path, [{"phase": "env", "status": "ok", "seconds": 12, "units": 4, "of_units": 4}])

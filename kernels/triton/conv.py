@@ -780,7 +780,8 @@ def dgrad_path(p: ConvProblem) -> str:
 
 
 def _flat(path: str, *tensors) -> str:
-    """'gemm-1x1' only when every activation tensor's pixels are evenly spaced (else the gather GEMM)."""
+    """'gemm-1x1' only when every activation tensor's pixels are evenly spaced (else the gather GEMM). Decided when
+    a call is planned: the plan key holds the strides it depends on, so repeated calls skip it."""
     if path == "gemm-1x1" and any(flat_rows(t) is None for t in tensors):
         return "gemm"
     return path
@@ -927,8 +928,6 @@ def conv2d_forward(x, weight, bias, p: ConvProblem, relu: bool = False, out_form
     output format)."""
     fmt = memory_format(x if out_format_of is None else out_format_of)
     path = conv_path(p)
-    if path == "gemm-1x1" and (flat_rows(x) is None or fmt != torch.channels_last):
-        path = "gemm"
     key = ("forward", p, path, x.stride(), weight.stride(), fmt, bias is not None, relu, x.dtype, precision(x.dtype),
            x.device, AUTOTUNE)
     plan = _PLANS.get(key)
@@ -938,7 +937,7 @@ def conv2d_forward(x, weight, bias, p: ConvProblem, relu: bool = False, out_form
         return y
     b = bias if bias is not None else y  # never read when HAS_BIAS is False
     if plan is None:
-        plan = _remember(key, _plan_forward(x, weight, b, y, p, relu, bias is not None, path))
+        plan = _remember(key, _plan_forward(x, weight, b, y, p, relu, bias is not None, _flat(path, x, y)))
     elif plan.single is not None:  # the usual case: one launch on the whole batch
         fn, grid, scalars, meta = plan.single
         fn.run(x, weight, b, y, *scalars, grid=grid, warmup=False, **meta)
@@ -992,12 +991,12 @@ def conv2d_dgrad(dy, weight, p: ConvProblem, x_like: torch.Tensor, y=None) -> to
     if N == 0:
         return dx
     yy = y if y is not None else dy
-    path = _flat(dgrad_path(p), dy, dx)
+    path = dgrad_path(p)
     key = ("dgrad", p, path, dy.stride(), weight.stride(), fmt, x_like.dtype, y is not None, dy.dtype,
            precision(dy.dtype), dy.device, AUTOTUNE)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _remember(key, _plan_dgrad(dy, weight, yy, dx, p, y is not None, path))
+        plan = _remember(key, _plan_dgrad(dy, weight, yy, dx, p, y is not None, _flat(path, dy, dx)))
     elif plan.single is not None:
         fn, grid, scalars, meta = plan.single
         fn.run(dy, weight, yy, dx, *scalars, grid=grid, warmup=False, **meta)
@@ -1058,7 +1057,7 @@ def conv2d_wgrad(dy, x, p: ConvProblem, w_dtype: torch.dtype, b_dtype: torch.dty
         dw = torch.zeros(p.weight_shape, dtype=w_dtype, device=dev)
         return dw, (torch.zeros(p.K, dtype=b_dtype, device=dev) if want_bias else None)
     yy = y if y is not None else dy
-    path = _flat(wgrad_path(p), dy, x)
+    path = wgrad_path(p)
     splits = splits or wgrad_splits(p, dev, path)
     key = ("wgrad", p, path, splits, dy.stride(), x.stride(), w_dtype, b_dtype, y is not None, dy.dtype,
            precision(dy.dtype), dev, AUTOTUNE)
@@ -1077,8 +1076,8 @@ def conv2d_wgrad(dy, x, p: ConvProblem, w_dtype: torch.dtype, b_dtype: torch.dty
         parts = torch.empty((splits * n_chunks, *p.weight_shape), dtype=acc_t, device=dev)
         bparts = torch.empty((splits * n_chunks, p.K), dtype=acc_t, device=dev) if want_bias else parts
     if plan is None:
-        plan = _remember(key, _plan_wgrad(dy, x, yy, parts, bparts, p, want_bias, y is not None, path, splits,
-                                          direct_out))
+        plan = _remember(key, _plan_wgrad(dy, x, yy, parts, bparts, p, want_bias, y is not None,
+                                          _flat(path, dy, x), splits, direct_out))
     else:
         for (chunk, fn, grid, scalars, meta), ci in zip(plan.steps, range(n_chunks)):
             dyc, xc, yc = (dy, x, yy) if chunk is None else (dy[chunk], x[chunk], yy[chunk])

@@ -116,10 +116,6 @@ _FLAT_UNALIGNED = {"conv._conv_fwd_gemm_kernel": _names("Cg sxn sxh sxw swk swr 
                    "conv._conv_wgrad_gemm_kernel": _names("Cg sxn sxh sxw GEMM_N sok")}
 
 
-def _config(c) -> dict:
-    return {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
-
-
 def enumerate_jobs(dtypes=DTYPES, quick: bool = False) -> list[dict]:
     """Every compile to check (needs the compiled-mode config lists: call it where TRITON_INTERPRET is off).
     ``quick``: fp16 (bf16's code path) and fp32/fp64 (no tensor-core requirement) check each kernel variant with its
@@ -140,7 +136,7 @@ def enumerate_jobs(dtypes=DTYPES, quick: bool = False) -> list[dict]:
         def add(kernel, variant, consts, configs, ptrs=None, dot=False, dt=dt, elem=elem, few=few):
             for c in (configs[:1] if few else configs):
                 jobs.append(dict(kernel=kernel, variant=variant, dtype=dt, elem=elem, consts=consts,
-                                 config=_config(c) if c is not None else {}, ptrs=ptrs or {},
+                                 config=tc._config_facts(c) if c is not None else {}, ptrs=ptrs or {},
                                  wgmma_required=dot and dt in WGMMA_DTYPES))
 
         prec = gemm["PRECISION"]

@@ -236,7 +236,7 @@ def check_configs(problems, device, parts=("forward", "dgrad", "wgrad")) -> list
         ref = conv_reference(p, *operands)
         for part in parts:
             for i, cfg, out in each_config(calls[part]):
-                row = {"problem": p.label if hasattr(p, "label") else str(p), "part": part, "index": i,
+                row = {"problem": str(p), "part": part, "index": i,
                        "config": cfg.get("config"), "kernel": cfg.get("kernel")}
                 if isinstance(out, Exception):
                     row.update(status="error", error=f"{type(out).__name__}: {out}"[:300])
