@@ -27,7 +27,7 @@ def _python(session: nox.Session) -> str:
     if not py.exists():
         session.run(sys.executable, "-m", "venv", str(ENV), external=True)
     if not stamp.exists() or stamp.read_text() != want:
-        session.run(str(py), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]", external=True)
+        session.run(str(py), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev,ray]", external=True)
         stamp.write_text(want)
     return str(py)
 
@@ -38,6 +38,14 @@ def tests(session: nox.Session) -> None:
     there is no GPU; GPU-only tests skip with a reason). Extra arguments go to pytest."""
     py = _python(session)
     session.run(py, "-m", "pytest", *session.posargs, external=True)
+
+
+@nox.session
+def cluster(session: nox.Session) -> None:
+    """Run the tests of ``run --executor ray`` on Ray clusters started in the tests (marked ``ray``, ~4 min on
+    2 cores; the default tests leave them out). .ci/run calls it after ``tests``. Extra arguments go to pytest."""
+    py = _python(session)
+    session.run(py, "-m", "pytest", "-m", "ray", "tests/test_cluster.py", *session.posargs, external=True)
 
 
 @nox.session

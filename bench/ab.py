@@ -468,6 +468,9 @@ def ab_command(args) -> int:
     sides = {"base": resolve("base", base_spec), "new": resolve("new", new_spec)}
     opts = RunOptions(suite=args.suite, device=args.device, ops=args.op, dtypes=args.dtype, layouts=args.layout,
                       where=parse_where(args.where), shard=parse_shard(args.shard))
+    if "device_name" in opts.where:
+        raise UsageError("--where device_name picks the machines of a run; ab times both sides on this machine, "
+                         "one device, so there is nothing to pick")
     cases = select_cases(opts)
     if not cases:
         raise UsageError("no case matches the selection (--suite/--op/--dtype/--layout/--where/--shard)")

@@ -31,7 +31,9 @@ def _filters(p, default_suite: str) -> None:
     p.add_argument("--layout", nargs="+", choices=["nchw", "channels_last"])
     p.add_argument("--where", action="append", metavar="AXIS=V[,V]",
                    help="keep cases whose results column AXIS (batch, in_channels, out_channels, height, width, "
-                        "kernel, stride, padding, dilation, groups) takes one of the values; repeatable")
+                        "kernel, stride, padding, dilation, groups) takes one of the values; repeatable. "
+                        "device_name=TEXT[,TEXT] picks machines instead: those whose device name contains a TEXT "
+                        "(case-insensitive; with --executor ray, the nodes that take cases)")
     p.add_argument("--shard", metavar="K/N", help="run only the K-th of N deterministic parts of the suite")
     p.add_argument("--threads", type=_count("--threads"),
                    help="intra-op CPU threads (default: all cores but one; recorded, and runs with different counts "
@@ -86,6 +88,18 @@ def _run_parser(sub) -> None:
                    help="override the suite's timing budget per implementation and case")
     p.add_argument("--profile", action="store_true",
                    help="also profile a training step per implementation (torch.profiler) into the run directory")
+    x = p.add_argument_group("cluster", "run --executor ray: every case a Ray task on one device slot of a cluster "
+                                        "(pip install 'convbench[ray]'; README: Running on a cluster)")
+    x.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local (default): this machine, one case after another; ray: a Ray cluster")
+    x.add_argument("--address", metavar="ADDR|auto",
+                   help="the Ray cluster: auto (the one this machine belongs to), host:port of its head, or "
+                        "ray://host:10001 (default: a one-node cluster of this machine, started for the run)")
+    x.add_argument("--each-device", action="store_true",
+                   help="run every case once on each device kind of the cluster (a side-by-side report of them)")
+    x.add_argument("--retries", type=_count("--retries", 0), default=0, metavar="N",
+                   help="a case whose node or Ray worker dies goes to another node, up to N times (default 0: "
+                        "an error row naming the node)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                               shard=parse_shard(args.shard), threads=args.threads, timeout=args.timeout,
                               max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress,
                               profile=args.profile, metric=args.metric,
-                              warm_cache=args.warm_cache, report=not args.no_report)
+                              warm_cache=args.warm_cache, report=not args.no_report, executor=args.executor,
+                              address=args.address, each_device=args.each_device, retries=args.retries)
             return run(opts)
         if args.command == "ab":
             from .ab import ab_command

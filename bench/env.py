@@ -160,7 +160,9 @@ def capture(device: str, threads: int, suite: str, suite_hash: str, argv: list[s
     env = {
         "start": utc_now(), "end": None, "host": socket.gethostname(), "system": platform.system(),
         "machine": platform.machine(), "device": device,
-        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else cpu["model"],
+        # (a Ray driver of a GPU run may have no GPU: its nodes have, and name theirs)
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available()
+        else cpu["model"],
         "threads": threads, "suite": suite, "suite_hash": suite_hash, "argv": argv,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": _version("triton"),
                      "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device == "cuda" else None,
@@ -204,7 +206,7 @@ def start_warnings(env: dict) -> list[str]:
 def finish(env: dict, rows: list[dict]) -> dict:
     """Close the record: end time, end-of-run telemetry, and warnings about what the run saw."""
     env["end"] = utc_now()
-    if env["device"] == "cuda":
+    if env["device"] == "cuda" and env.get("executor") != "ray":  # a Ray run's GPUs are on its nodes, not here
         env["gpu_end"] = gpu_telemetry()
         reasons = (env["gpu_end"] or {}).get("throttle_reasons")
         if reasons:

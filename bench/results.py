@@ -18,10 +18,13 @@ def _num(v: float | None, digits: int = 6):
     return float(f"{v:.{digits}g}")
 
 
-def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int, peaks: dict | None = None) -> dict:
+def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int, peaks: dict | None = None,
+             placement: dict | None = None) -> dict:
     """A results row: the contract columns, then the extras. Throughput comes from the problem's formulas:
     gflops = flops / median time, gbps = compulsory bytes / median time, images_per_s = images / median time;
-    pct_peak = share of the roof that bounds the row, from the run's measured ``peaks`` (bench/peaks.py)."""
+    pct_peak = share of the roof that bounds the row, from the measured ``peaks`` (bench/peaks.py) of the machine
+    that ran it. ``placement``: where it ran — node, device_name, env_key (bench.schema.device_key of that
+    machine's environment) and target (see bench.schema.row_id)."""
     row = dict(op=case.op, impl=outcome.impl, device=case.device, backend=outcome.backend, dtype=case.dtype,
                layout=case.layout, **case.columns(), status=outcome.status, error=outcome.error)
     flops, nbytes = case.flops(), case.bytes_moved()
@@ -31,7 +34,9 @@ def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int, peaks
     extras = dict(case_key=case.key, options=case.options_text().strip(), threads=threads, loops="", ci_low_ms="",
                   ci_high_ms="", warning=outcome.warning, instructions=_num(outcome.instructions, 10),
                   host_us=_num(outcome.host_us, 4), pct_peak="",
-                  provenance=json.dumps(outcome.provenance, sort_keys=True, default=str) if outcome.provenance else "")
+                  provenance=json.dumps(outcome.provenance, sort_keys=True, default=str) if outcome.provenance else "",
+                  node="", device_name="", env_key="", target="")
+    extras.update({k: v for k, v in (placement or {}).items() if k in ("node", "device_name", "env_key", "target")})
     if outcome.instructions is not None:
         row["timing_mode"] = timing_mode
     if outcome.status == "ok" and outcome.times_ms:

@@ -24,7 +24,17 @@ import torch
 from . import env as envmod
 from .cases import Case
 from .results import make_row
-from .schema import FAILED, JsonlWriter, UsageError, atomic_write, finalize, read_jsonl, row_id, summary_frame
+from .schema import (
+    FAILED,
+    JsonlWriter,
+    UsageError,
+    atomic_write,
+    device_key,
+    finalize,
+    read_jsonl,
+    row_id,
+    summary_frame,
+)
 from .select import select_cases, select_impls
 from .suites import SUITES, suite_hash
 from .worker import Supervisor, WorkerConfig
@@ -54,6 +64,10 @@ class RunOptions:
     report: bool = True  # write report.md / report.html / plots/ at the end (--no-report: not)
     limit: int | None = None  # only the first N selected cases (bench gpu trims a phase to its allowance)
     deadline: float | None = None  # time.monotonic() after which no new case starts (the run stays resumable)
+    executor: str = "local"  # or "ray": each case a Ray task on a cluster (bench/cluster.py)
+    address: str | None = None  # the Ray cluster (None: a one-node cluster of this machine; "auto": the running one)
+    each_device: bool = False  # ray: every case once per device kind of the cluster
+    retries: int = 0  # ray: a case whose node dies goes once more to another node, this many times
 
 
 def default_threads() -> int:
@@ -108,7 +122,17 @@ def _load_for_resume(out: Path, env_now: dict) -> tuple[list[dict], dict]:
     if not env_path.exists():
         raise UsageError(f"--resume: {out} has no env.json; is it a convbench run directory?")
     old = json.loads(env_path.read_text())
-    if envmod.fingerprint(old) != envmod.fingerprint(env_now):
+    if "ray" in (old.get("executor"), env_now.get("executor")):
+        # each row names the environment that measured it, so a cluster that changed between the two starts is
+        # recorded, not refused: the nodes of both starts are kept, and compare/report split by environment
+        if old.get("executor") != env_now.get("executor"):
+            raise UsageError(f"--resume: {out} was started with --executor {old.get('executor', 'local')}; "
+                             f"resume it with the same executor")
+        from .cluster import env_fields
+
+        nodes = {**(old.get("nodes") or {}), **(env_now.get("nodes") or {})}
+        old.update(nodes=nodes, **env_fields(list(nodes.values())))
+    elif envmod.fingerprint(old) != envmod.fingerprint(env_now):
         raise UsageError(f"--resume: the environment differs from the one that started {out}: "
                          f"{envmod.fingerprint(old)} vs {envmod.fingerprint(env_now)}")
     if old.get("suite_hash") != env_now.get("suite_hash"):
@@ -121,10 +145,18 @@ def _load_for_resume(out: Path, env_now: dict) -> tuple[list[dict], dict]:
 
 def run(opts: RunOptions) -> int:
     """Measure the selected cases; return the contract's exit code (0 clean, 1 some case failed)."""
-    if opts.device == "cuda" and not torch.cuda.is_available():
+    if opts.device == "cuda" and not torch.cuda.is_available() and opts.executor == "local":
         raise UsageError("--device cuda: no CUDA device is available on this machine")
     if opts.device not in ("cpu", "cuda"):
         raise UsageError(f"--device must be cpu or cuda, got {opts.device!r}")
+    if opts.executor not in ("local", "ray"):
+        raise UsageError(f"--executor must be local or ray, got {opts.executor!r}")
+    if opts.executor == "local" and (opts.each_device or opts.retries or opts.address):
+        raise UsageError("--each-device, --retries and --address need --executor ray")
+    if opts.executor == "ray" and opts.metric == "instructions":
+        raise UsageError("--metric instructions counts on this machine (one valgrind process): use --executor local")
+    if opts.executor == "ray" and opts.profile:
+        raise UsageError("--profile runs on this machine: profile with --executor local")
     impls = select_impls(opts.impls, opts.compile_modes)
     cases = select_cases(opts)
     if not cases:
@@ -148,14 +180,39 @@ def run(opts: RunOptions) -> int:
         "-instructions" if opts.metric == "instructions" else ""), sys.argv[1:])
     env.update(shard=list(opts.shard) if opts.shard else None, impls=impls, cases=len(cases),
                timing=dataclasses.asdict(timing), timeout_s=opts.timeout, seed=opts.seed, metric=opts.metric)
+    if not opts.resume and (out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size:
+        raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
+    device_names = opts.where.get("device_name")
+    cluster = None
+    if opts.executor == "ray":  # connect and probe every node before anything is written
+        from .cluster import RayExecutor, env_fields
+
+        cluster = RayExecutor(opts.device, opts.address, opts.threads, device_names, opts.each_device, opts.retries)
+        try:
+            nodes = cluster.probe(opts.suite, env["suite_hash"], sys.argv[1:], sorted({c.dtype for c in cases}))
+        except BaseException:
+            cluster.close()
+            raise
+        envs = [n.env for n in nodes.values()]
+        env.update(executor="ray", address=opts.address or "local", each_device=opts.each_device,
+                   retries=opts.retries, nodes={k: n.env for k, n in nodes.items()}, **env_fields(envs),
+                   ray={"version": cluster.ray.__version__, **cluster.timings,
+                        "probe_failures": cluster.probe_failures})
+        env["driver"] = {k: env[k] for k in ("host", "cpu_model")}
+    elif device_names and not any(v.lower() in str(env["device_name"]).lower() for v in device_names):
+        raise UsageError(f"--where device_name={','.join(sorted(device_names))}: this machine's device is "
+                         f"{env['device_name']!r}")
     if opts.resume:
-        previous, env = _load_for_resume(out, env)
+        try:
+            previous, env = _load_for_resume(out, env)
+        except BaseException:
+            if cluster:
+                cluster.close()
+            raise
     else:
-        if (out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size:
-            raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         previous = []
-    if opts.metric == "time" and not env.get("peaks"):  # a resumed run keeps the peaks it started with
+    if opts.metric == "time" and not env.get("peaks") and cluster is None:  # a resumed run keeps its peaks
         from .peaks import measure as measure_peaks
 
         env["peaks"] = measure_peaks(opts.device, sorted({c.dtype for c in cases}), threads)
@@ -164,6 +221,8 @@ def run(opts: RunOptions) -> int:
         print(f"warning: {w}", file=sys.stderr)
     done = {row_id(r) for r in previous}
     rows = list(previous)
+    if cluster is not None:
+        return _run_ray(opts, cluster, cases, impls, timing, out, env, done, rows)
     timing_mode = "cuda-events,l2-flush,sleep-prefix" if opts.device == "cuda" else f"perf_counter,threads={threads}"
     writer = JsonlWriter(out / "results.jsonl")
     cache_dir = None
@@ -174,16 +233,18 @@ def run(opts: RunOptions) -> int:
         cache_env, env["compile_cache"], cache_dir = compile_caches(opts.warm_cache)
         supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env() + cache_env), opts.timeout)
     progress = Progress(len(cases), opts.progress)
+    placement = {"node": env["host"], "device_name": env["device_name"], "env_key": device_key(env)}
     interrupted = stopped = False
+    started = time.perf_counter()
     try:
         for case in cases:
             if opts.deadline is not None and time.monotonic() > opts.deadline:
                 stopped = True  # out of time: the cases not started are left for --resume
                 break
-            todo = [n for n in impls if (case.key, n) not in done]
+            todo = [n for n in impls if (case.key, n, "") not in done]
             statuses = []
             for outcome in supervisor.measure(case, todo, timing, opts.seed) if todo else ():
-                row = make_row(case, outcome, timing_mode, supervisor.threads or threads, env.get("peaks"))
+                row = make_row(case, outcome, timing_mode, supervisor.threads or threads, env.get("peaks"), placement)
                 writer.write(row)
                 rows.append(row)
                 statuses.append(f"{outcome.impl}={outcome.status}")
@@ -196,11 +257,47 @@ def run(opts: RunOptions) -> int:
         writer.close()
         if cache_dir is not None:
             shutil.rmtree(cache_dir, ignore_errors=True)
+    env["cases_s"] = round(time.perf_counter() - started, 3)
     if opts.profile and not interrupted:
         _profile(out, cases, impls, threads)
-    env = envmod.finish(env, rows)
     env["worker_restarts"] = supervisor.restarts
     env["worker_warmup_s"] = getattr(supervisor, "warmups", [])
+    return _finish(opts, out, env, rows, interrupted, stopped)
+
+
+def _run_ray(opts: RunOptions, cluster, cases: list[Case], impls: list[str], timing, out: Path, env: dict,
+             done: set, rows: list[dict]) -> int:
+    """The case loop of ``--executor ray`` (bench/cluster.py): rows stream in from the nodes as they finish."""
+    writer = JsonlWriter(out / "results.jsonl")
+    groups = cluster.groups()
+    progress = Progress(len(cases) * len(groups), opts.progress)
+
+    def emit(row: dict) -> None:
+        writer.write(row)
+        rows.append(row)
+
+    def todo(case: Case, target: str) -> list[str]:
+        return [n for n in impls if (case.key, n, target) not in done]
+
+    setup = cluster.setup(opts.timeout, opts.warm_cache)
+    env["compile_cache"] = {"mode": "warm" if opts.warm_cache else "cold", "per node": "the machine's own"
+                            if opts.warm_cache else f"<tmp>/convbench-ray-{setup.run_token}, removed at the end"}
+    try:
+        interrupted, stopped = cluster.run(cases, todo, timing, opts.seed, setup, emit, progress.step, opts.deadline)
+    finally:
+        progress.close()
+        writer.close()
+        cluster.close()
+    env["cases_s"] = cluster.timings.get("cases_s")
+    env["ray"].update(cluster.timings)
+    env["worker_restarts"] = cluster.restarts
+    env["worker_warmup_s"] = cluster.warmups
+    return _finish(opts, out, env, rows, interrupted, stopped)
+
+
+def _finish(opts: RunOptions, out: Path, env: dict, rows: list[dict], interrupted: bool, stopped: bool) -> int:
+    """Close the run: env.json, results.csv, pytest-benchmark.json, the summary and the report."""
+    env = envmod.finish(env, rows)
     env["complete"] = not (interrupted or stopped)
     if stopped:
         env["stopped"] = "deadline: the cases not started are left for --resume"

@@ -23,7 +23,7 @@ COLUMNS = ("op impl device backend dtype layout batch in_channels out_channels h
            "padding dilation groups status error median_ms iqr_ms min_ms samples times_ms flops bytes gflops gbps "
            "images_per_s compile_s max_abs_err max_rel_err timing_mode").split()
 EXTRA_COLUMNS = ("case_key", "options", "threads", "loops", "ci_low_ms", "ci_high_ms", "warning", "instructions",
-                 "host_us", "pct_peak", "provenance")
+                 "host_us", "pct_peak", "provenance", "node", "device_name", "env_key", "target")
 OPS = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
 #: the suites bench/suites.py defines (named here so that the CLI parses without importing torch)
 SUITE_NAMES = ("smoke", "quick", "full", "resnet50", "simplecnn", "pool-large", "train")
@@ -80,8 +80,26 @@ def load_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     return env, rows
 
 
-def row_id(row: dict) -> tuple[str, str]:
-    return row["case_key"], row["impl"]
+def row_id(row: dict) -> tuple[str, str, str]:
+    """What makes a row unique in a run: its case, implementation and ``target`` — empty for a row any device of
+    the run could have given, the device name for ``run --executor ray --each-device``, which runs every case once
+    per device kind."""
+    return row["case_key"], row["impl"], row.get("target") or ""
+
+
+def env_groups(env: dict, rows: pd.DataFrame) -> dict[str, tuple[dict, pd.DataFrame]]:
+    """A run's rows split by the environment that measured them: ``device_key`` → (that environment, its rows).
+
+    A local run has one group (its env.json). A Ray run (``env["nodes"]``) has one per distinct node environment:
+    each row names it in ``env_key``; its environment is the first node's with that key. Rows from before the
+    column existed belong to env.json's own key."""
+    own = device_key(env)
+    keys = rows["env_key"].fillna("").astype(str).replace("", own) if "env_key" in rows else \
+        pd.Series(own, index=rows.index)
+    by_key = {}
+    for node in (env.get("nodes") or {}).values():
+        by_key.setdefault(node.get("env_key") or device_key(node), node)
+    return {k: (by_key.get(k, env), rows[keys == k]) for k in dict.fromkeys(keys)}
 
 
 class JsonlWriter:

@@ -15,6 +15,7 @@ from .suites import SUITES
 if TYPE_CHECKING:
     from .runner import RunOptions
 
+MACHINE_AXES = ("device_name",)
 AXIS_ALIASES = {"kernel": "kernel_h", "n": "batch", "c": "in_channels", "k": "out_channels", "h": "height"}
 
 
@@ -53,6 +54,8 @@ def select_cases(opts: RunOptions) -> list[Case]:
     if opts.layouts:
         cases = [c for c in cases if c.layout in opts.layouts]
     for axis, values in opts.where.items():
+        if axis in MACHINE_AXES:  # which machine runs the cases (bench/cluster.py), not which cases
+            continue
         known = set(cases[0].columns()) if cases else set()
         if cases and axis not in known:
             raise UsageError(f"--where axis {axis!r} is not one of {', '.join(sorted(known))}")
