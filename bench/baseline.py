@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .schema import device_key, load_run
+from .schema import device_key, env_groups, load_run
 
 DEFAULT_ROOT = Path("results/baselines")
 #: the files a baseline keeps; plots and report.html (which links the plots) stay with the run
@@ -29,6 +29,10 @@ def _check(run_dir: Path) -> tuple[dict, int]:
     if env.get("complete") is False:
         raise ValueError(f"run_dir {run_dir} is an incomplete run (env.json complete=false): finish it with "
                          "--resume before promoting it")
+    groups = env_groups(env, rows)
+    if len(groups) > 1:  # a baseline is one environment's
+        raise ValueError(f"run_dir {run_dir} holds rows of {len(groups)} environments ({', '.join(groups)}): "
+                         f"promote one of its parts, which `bench report {run_dir}` writes to {run_dir}/by-device/")
     return env, len(rows)
 
 

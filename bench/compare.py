@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .schema import FAILED, atomic_write, case_label, fingerprint, read_env, read_rows
+from .schema import FAILED, atomic_write, case_label, env_groups, fingerprint, read_env, read_rows
 from .stats import Ratio, classify, control_drift, unpaired_ratio
 
 CONTROL = "cudnn"
@@ -155,27 +155,47 @@ def compare_runs(base_dir: Path, new_dir: Path | None = None, threshold: float |
     except CompareError as exc:
         print(f"convbench compare: {exc}", file=sys.stderr)
         return 2
-    msg = env_mismatch(base_env, new_env)
-    if msg:
-        if not allow_env_mismatch:
-            print(f"convbench compare: {msg} (pass --allow-env-mismatch to compare anyway)", file=sys.stderr)
-            return 3
-        print(f"warning: {msg}", file=sys.stderr)
     if metric == "instructions" and not ({"instructions"} <= set(base.columns) & set(new.columns)):
         print("convbench compare: --metric instructions needs runs made with `run --metric instructions`",
               file=sys.stderr)
         return 2
-    if normalize == "auto":
-        has = [CONTROL in set(f.loc[f["status"] == "ok", "impl"]) for f in (base, new)]
-        normalize = CONTROL if all(has) and metric == "time" else "none"
-    elif normalize != "none" and not (normalize in set(base["impl"]) and normalize in set(new["impl"])):
-        print(f"convbench compare: --normalize {normalize}: both runs need {normalize} rows", file=sys.stderr)
-        return 2
-    table = compare_frames(base, new, threshold, alpha, normalize=normalize, metric=metric)
-    title = (f"{new_dir} vs {base_dir}: {metric}, threshold ±{threshold:.0%}, normalised by "
-             f"{table.attrs['normalize']}, control drift ±{math.expm1(table.attrs['drift']):.1%}")
-    write_outputs(table, title, out, json_out, markdown_out)
-    print_table(table, title)
+    # rows are compared only with rows of the same environment: a run of several devices (run --executor ray)
+    # is compared device by device, never one device's rows against another's
+    gb, gn = env_groups(base_env, base), env_groups(new_env, new)
+    if len(gb) == 1 and len(gn) == 1:
+        (b_env, b_rows), (n_env, n_rows) = next(iter(gb.values())), next(iter(gn.values()))
+        msg = env_mismatch(b_env, n_env)
+        if msg:
+            if not allow_env_mismatch:
+                print(f"convbench compare: {msg} (pass --allow-env-mismatch to compare anyway)", file=sys.stderr)
+                return 3
+            print(f"warning: {msg}", file=sys.stderr)
+        pairs = {"": (b_rows, n_rows)}
+    else:
+        shared = [k for k in gb if k in gn]
+        for k in [k for k in gb if k not in gn] + [k for k in gn if k not in gb]:
+            print(f"note: only {'BASE' if k in gb else 'NEW'} has rows of {k}: not compared", file=sys.stderr)
+        if not shared:
+            print(f"convbench compare: the runs share no environment (BASE: {', '.join(gb)}; NEW: {', '.join(gn)}); "
+                  "rows of different devices are never compared", file=sys.stderr)
+            return 3
+        pairs = {k: (gb[k][1], gn[k][1]) for k in shared}
+    tables = []
+    for key, (b_rows, n_rows) in pairs.items():
+        control = normalize
+        if control == "auto":
+            has = [CONTROL in set(f.loc[f["status"] == "ok", "impl"]) for f in (b_rows, n_rows)]
+            control = CONTROL if all(has) and metric == "time" else "none"
+        elif control != "none" and not (control in set(b_rows["impl"]) and control in set(n_rows["impl"])):
+            print(f"convbench compare: --normalize {control}: both runs need {control} rows", file=sys.stderr)
+            return 2
+        table = compare_frames(b_rows, n_rows, threshold, alpha, normalize=control, metric=metric)
+        title = (f"{new_dir} vs {base_dir}{f' on {key}' if key else ''}: {metric}, threshold ±{threshold:.0%}, "
+                 f"normalised by {table.attrs['normalize']}, control drift ±{math.expm1(table.attrs['drift']):.1%}")
+        print_table(table, title)
+        tables.append((title, table.assign(env_key=key) if key else table))
+    table = pd.concat([t for _, t in tables], ignore_index=True)
+    write_outputs(table, "; ".join(t for t, _ in tables), out, json_out, markdown_out)
     return 1 if table["verdict"].isin(REGRESSIONS).any() else 0
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema
-from .schema import device_key
+from .schema import env_groups
 
 DEFAULT_DB = Path("results/history.sqlite")
 SCHEMA_VERSION = 1
@@ -151,7 +151,17 @@ def add(run_dir: Path, db_path: Path = DEFAULT_DB) -> tuple[str, int, bool]:
     """Store a run directory: (run_id, rows stored for it, whether the run was new). Adding it again changes nothing
     (a resumed run that has since finished more cases gets those rows added)."""
     env, rows = load_run(run_dir)
-    rid = run_id(env)
+    groups = env_groups(env, rows)
+    stored, new = 0, False
+    for key, (_, group_rows) in groups.items():
+        # a run of several environments (run --executor ray) is one history run per environment
+        rid = run_id(env) if len(groups) == 1 else run_id(env) + "-" + hashlib.sha256(key.encode()).hexdigest()[:6]
+        n, fresh = _add_rows(run_dir, env, key, rid, group_rows, db_path)
+        stored, new = stored + n, new or fresh
+    return (run_id(env) if len(groups) == 1 else rid), stored, new
+
+
+def _add_rows(run_dir: Path, env: dict, key: str, rid: str, rows, db_path: Path) -> tuple[int, bool]:
     git = env.get("git") or {}
     records = []
     for r in rows.to_dict("records"):
@@ -165,11 +175,11 @@ def add(run_dir: Path, db_path: Path = DEFAULT_DB) -> tuple[str, int, bool]:
         if new:
             conn.execute('INSERT INTO runs (run_id, "commit", commit_time, start, env_key, suite, source, env_json) '
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (rid, git.get("commit"), _utc(git.get("time")), _utc(env.get("start")), device_key(env),
+                         (rid, git.get("commit"), _utc(git.get("time")), _utc(env.get("start")), key,
                           env.get("suite"), str(run_dir), json.dumps(env, default=str)))
         conn.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
         stored = conn.execute("SELECT COUNT(*) FROM rows WHERE run_id = ?", (rid,)).fetchone()[0]
-    return rid, int(stored), new
+    return int(stored), new
 
 
 # --- series and change points -------------------------------------------------------------------------------------

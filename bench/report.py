@@ -17,7 +17,17 @@ import numpy as np
 import pandas as pd
 
 from . import charts
-from .schema import FAILED, atomic_write, case_label, read_rows
+from .schema import (
+    FAILED,
+    JsonlWriter,
+    atomic_write,
+    case_label,
+    device_key,
+    env_groups,
+    finalize,
+    read_jsonl,
+    read_rows,
+)
 
 BASELINE = "cudnn"
 OP_ORDER = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
@@ -170,7 +180,10 @@ def write_report(run_dir: Path) -> int:
         print(f"convbench report: {run_dir} is not a directory", file=sys.stderr)
         return 2
     try:
-        read_rows(run_dir)  # refuse before anything is written
+        frame = read_rows(run_dir)  # refuse before anything is written
+        env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
+        if len(env_groups(env, frame)) > 1:
+            return _write_device_reports(run_dir, env)
         title, sections = build_sections(run_dir)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"convbench report: cannot read run {run_dir}: {exc}", file=sys.stderr)
@@ -205,6 +218,53 @@ def write_report(run_dir: Path) -> int:
     return 0
 
 
+def per_case_medians(frames: dict, names: list[str], run_dirs: list[Path]) -> pd.DataFrame:
+    """(case, impl) × run: median ms of every ok row, for the cases at least one run timed."""
+    cols = {}
+    for n, d in zip(names, run_dirs):
+        ok = frames[d][frames[d]["status"] == "ok"]
+        cols[n] = pd.Series(ok["median_ms"].astype(float).values,
+                            index=pd.MultiIndex.from_arrays([[case_label(r) for _, r in ok.iterrows()],
+                                                             ok["impl"].values], names=["case", "impl"]))
+    return pd.concat(cols, axis=1) if cols else pd.DataFrame()
+
+
+def split_by_device(run_dir: Path, env: dict) -> list[Path]:
+    """A run of several environments (``run --executor ray`` over different devices) as one ordinary run
+    directory per environment, ``DIR/by-device/<env key>/``: that environment's rows, and env.json with the
+    node's environment under the run's own fields — so compare, history, baseline and report each take one."""
+    rows = read_jsonl(run_dir / "results.jsonl")
+    own, dirs = device_key(env), []
+    by_key: dict[str, list[dict]] = {}
+    for r in rows:
+        by_key.setdefault(r.get("env_key") or own, []).append(r)
+    nodes = {}
+    for node in (env.get("nodes") or {}).values():
+        nodes.setdefault(node.get("env_key") or device_key(node), node)
+    for key, part in by_key.items():
+        sub = run_dir / "by-device" / key
+        sub.mkdir(parents=True, exist_ok=True)
+        node = nodes.get(key, env)
+        sub_env = {**env, **{k: v for k, v in node.items() if k not in ("start", "end", "argv", "suite", "warnings")},
+                   "nodes": {k: n for k, n in (env.get("nodes") or {}).items() if (n.get("env_key") or "") == key},
+                   "split_from": str(run_dir), "env_key": key}
+        (sub / "results.jsonl").unlink(missing_ok=True)
+        writer = JsonlWriter(sub / "results.jsonl")
+        for r in part:
+            writer.write(r)
+        writer.close()
+        finalize(sub, part, sub_env)
+        dirs.append(sub)
+    return dirs
+
+
+def _write_device_reports(run_dir: Path, env: dict) -> int:
+    """Each environment's report in its by-device/ directory, and the run's own report.md/html side by side."""
+    dirs = split_by_device(run_dir, env)
+    print(f"{run_dir} holds rows of {len(dirs)} environments: one run directory each under {run_dir / 'by-device'}")
+    return write_reports(dirs, run_dir)
+
+
 def write_reports(run_dirs: list[Path], out: Path | None = None) -> int:
     """``bench report DIR [DIR ...]``: each run's own report; with several runs also a side-by-side report in
     ``out`` (default ``results/runs/report-<names>``): geometric-mean speed relative to cudnn per op and
@@ -227,7 +287,16 @@ def write_reports(run_dirs: list[Path], out: Path | None = None) -> int:
             return 2
     if len(run_dirs) == 1:
         return 0
-    names = [d.name for d in run_dirs]
+    expanded = []  # a run of several environments is compared through its by-device/ parts, never as one
+    for d in run_dirs:
+        parts = sorted((d / "by-device").glob("*/results.csv")) if (d / "by-device").is_dir() else []
+        split = parts and len(env_groups(json.loads((d / "env.json").read_text()), frames[d])) > 1
+        expanded += [p.parent for p in parts] if split else [d]
+    for d in expanded:
+        if d not in frames:
+            frames[d] = read_rows(d)
+    run_dirs = expanded
+    names = [f"{d.parent.parent.name}:{d.name}" if d.parent.name == "by-device" else d.name for d in run_dirs]
     out = Path(out) if out else Path("results") / "runs" / ("report-" + "-vs-".join(names))[:120]
     out.mkdir(parents=True, exist_ok=True)
     col = f"geomean speedup vs {BASELINE}"
@@ -243,8 +312,10 @@ def write_reports(run_dirs: list[Path], out: Path | None = None) -> int:
                                                    (peaks.get("gemm_flops") or {}).items()),
                    "copy (GB/s)": f"{peaks['copy_bytes_per_s'] / 1e9:.1f}" if peaks.get("copy_bytes_per_s") else ""}
     env_table = pd.DataFrame(envs)
+    cases = per_case_medians(frames, names, run_dirs)
     md = [f"# convbench: {' vs '.join(names)}", "", f"## {col}, per run", "", table.round(3).to_markdown(), "",
-          "## Environments", "", env_table.to_markdown(), ""]
+          "## Environments", "", env_table.to_markdown(), "", "## Median time per case (ms), per run", "",
+          cases.to_markdown(floatfmt=".4g") if len(cases) else "_no case timed in every run_", ""]
     cells = []
     for chart in ("speedup_heatmap.png", "roofline.png"):
         row = []
@@ -260,7 +331,9 @@ def write_reports(run_dirs: list[Path], out: Path | None = None) -> int:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(' vs '.join(names))}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(' vs '.join(names))}</h1><h2>{html.escape(col)}"
             f"</h2>{table.to_html(float_format=lambda v: f'{v:.3g}', na_rep='')}<h2>Environments</h2>"
-            f"{env_table.to_html(na_rep='')}<table>{''.join(cells)}</table></body></html>")
+            f"{env_table.to_html(na_rep='')}<table>{''.join(cells)}</table>"
+            f"<h2>Median time per case (ms), per run</h2>{cases.to_html(float_format=lambda v: f'{v:.4g}', na_rep='')}"
+            "</body></html>")
     atomic_write(out / "report.md", "\n".join(md))
     atomic_write(out / "report.html", page)
     print(f"side by side: {out / 'report.html'} and {out / 'report.md'}")
