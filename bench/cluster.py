@@ -189,6 +189,8 @@ class RayExecutor:
         self.device, self.address, self.threads_opt = device, address, threads
         self.device_names, self.each_device, self.retries = device_names, each_device, retries
         self.restarts, self.warmups = 0, {}
+        self.gaps: list[float] = []  # seconds a slot stood idle between two cases while cases were queued
+        self._ended: dict[str, float] = {}  # node id → when its last case ended
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self._connect()
@@ -313,7 +315,9 @@ class RayExecutor:
                     if more is True:
                         pending[gen] = att
                     elif more is False:  # the task ended (well or not): every implementation has its row
-                        step(att.case, att.statuses)
+                        if att.node:
+                            self._ended[att.node["node_id"]] = time.perf_counter()
+                        step(att.case, att.statuses + [f"on {att.node['label'] if att.node else '?'}"])
                     else:  # failed, to be retried elsewhere
                         pending[self._submit(task, more, timing, seed, setup)] = more
         except KeyboardInterrupt:
@@ -321,6 +325,9 @@ class RayExecutor:
             for gen in pending:
                 ray.cancel(gen, force=True)
         self.timings["cases_s"] = round(time.perf_counter() - t0, 3)
+        if self.gaps:  # per-case overhead of the Ray path: a slot idle between one case's end and the next's start
+            g = sorted(self.gaps)
+            self.timings["slot_idle_s"] = {"median": round(g[len(g) // 2], 4), "max": round(g[-1], 4), "n": len(g)}
         return interrupted, stopped
 
     def _advance(self, gen, att: Attempt, emit):
@@ -351,6 +358,9 @@ class RayExecutor:
             return False
         if kind == "node":
             att.node = payload
+            ended = self._ended.get(payload["node_id"])
+            if ended is not None:  # the slot was free from `ended` until this case started on it: Ray's share
+                self.gaps.append(time.perf_counter() - ended)
         elif kind == "row":
             if payload["impl"] in att.impls:
                 att.impls.remove(payload["impl"])

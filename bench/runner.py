@@ -199,6 +199,8 @@ def run(opts: RunOptions) -> int:
                    ray={"version": cluster.ray.__version__, **cluster.timings,
                         "probe_failures": cluster.probe_failures})
         env["driver"] = {k: env[k] for k in ("host", "cpu_model")}
+        env["warnings"] += [f"node {n.label}: {w}" for n in nodes.values() for w in n.env.get("warnings", [])]
+        env["warnings"] += [f"a node could not be probed and took no case: {f}" for f in cluster.probe_failures]
     elif device_names and not any(v.lower() in str(env["device_name"]).lower() for v in device_names):
         raise UsageError(f"--where device_name={','.join(sorted(device_names))}: this machine's device is "
                          f"{env['device_name']!r}")
