@@ -325,23 +325,66 @@ def plot_speedup_summary(summary: pd.DataFrame, path: Path, baseline: str = "cud
     return _save(fig, path)
 
 
-def plot_profile_split(profile_csv: Path, path: Path) -> bool:
-    """The profiled training step per implementation as stacked bars: forward / backward / optimizer / other (ms)."""
-    if not profile_csv.exists():
+def _short_case(key: str) -> str:
+    """A compact label of a case key: op, shape, kernel and arguments, dtype and layout."""
+    parts = key.split("|")
+    return " ".join(parts[:-1]).replace("  ", " ")[:70]
+
+
+def plot_breakdown(breakdown_csv: Path, path: Path, limit: int = 40) -> bool:
+    """Every profiled case × implementation as one horizontal bar split into the profile's categories (share of
+    the wall time per call), with the ms per call at its end; the bars of one case are next to each other."""
+    from .profile import CATEGORIES
+
+    if not breakdown_csv.exists():
         return False
-    table = pd.read_csv(profile_csv)
-    table = table[table.get("status", "ok") == "ok"] if "status" in table else table
-    phases = [c for c in table.columns if c.endswith(" ms") and c != "total ms"]
+    table = pd.read_csv(breakdown_csv)
+    table = table[table["status"] == "ok"] if "status" in table else table
+    cats = [f"{c} ms" for c in CATEGORIES if f"{c} ms" in table]
+    if table.empty or not cats:
+        return False
+    shown = table.head(limit)
+    labels = [f"{_short_case(k)} · {i}" for k, i in zip(shown["case_key"], shown["impl"])]
+    wall = shown["wall ms"].astype(float).values
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.32 * len(shown)))
+    left = np.zeros(len(shown))
+    shades = plt.get_cmap("Set2").colors
+    y = np.arange(len(shown))[::-1]
+    for k, cat in enumerate(cats):
+        share = shown[cat].astype(float).fillna(0).values / np.where(wall > 0, wall, 1) * 100
+        ax.barh(y, share, left=left, color=shades[k % len(shades)], label=cat.replace(" ms", ""), height=0.75)
+        left += share
+    for yy, total, ms in zip(y, left, wall):
+        ax.text(total + 1, yy, f"{ms:.3g} ms", va="center", fontsize=7)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("share of the wall time per call (%)")
+    ax.set_xlim(0, 118)
+    more = f" (first {limit} of {len(table)})" if len(table) > limit else ""
+    ax.set_title(f"Where each profiled case's time goes{more}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_profile_split(breakdown_csv: Path, path: Path) -> bool:
+    """The profiled training steps per implementation as stacked bars: forward / backward / optimizer (ms)."""
+    if not breakdown_csv.exists():
+        return False
+    table = pd.read_csv(breakdown_csv)
+    phases = [c for c in ("forward ms", "backward ms", "optimizer ms") if c in table]
+    table = table[(table.get("op") == "train_step") & (table["status"] == "ok")] if "op" in table else table.iloc[:0]
     if table.empty or not phases:
         return False
-    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = [f"{i}\n{k.split('|')[1]}" for k, i in zip(table["case_key"], table["impl"])]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table)), 4))
     bottom = np.zeros(len(table))
     shades = plt.get_cmap("Set2").colors
     for k, phase in enumerate(phases):
         values = table[phase].astype(float).fillna(0).values
-        ax.bar(table["impl"], values, bottom=bottom, color=shades[k % len(shades)], label=phase.replace(" ms", ""))
+        ax.bar(labels, values, bottom=bottom, color=shades[k % len(shades)], label=phase.replace(" ms", ""))
         bottom += values
     ax.set_ylabel("ms per training step")
+    ax.tick_params(axis="x", labelsize=7)
     ax.set_title("Where a profiled training step spends its time")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
     ax.grid(axis="y", alpha=0.3)

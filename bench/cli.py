@@ -87,7 +87,8 @@ def _run_parser(sub) -> None:
     p.add_argument("--max-seconds", type=_positive("--max-seconds"), metavar="S",
                    help="override the suite's timing budget per implementation and case")
     p.add_argument("--profile", action="store_true",
-                   help="also profile a training step per implementation (torch.profiler) into the run directory")
+                   help="also profile every timed case per implementation once after its timing (torch.profiler: "
+                        "profile.md/csv, breakdown.csv, traces/ in the run directory; the report links them)")
     x = p.add_argument_group("cluster", "run --executor ray: every case a Ray task on one device slot of a cluster "
                                         "(pip install 'convbench[ray]'; README: Running on a cluster)")
     x.add_argument("--executor", default="local", choices=["local", "ray"],
@@ -169,17 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="join shard run directories into one")
     m.add_argument("out", type=Path)
     m.add_argument("parts", type=Path, nargs="+")
-    pr = sub.add_parser("profile", help="profile a training step per implementation: phase split, top kernels, "
-                                        "Chrome traces")
+    pr = sub.add_parser("profile", help="where each selected case's time goes, per implementation: operator "
+                                        "table, breakdown, Chrome traces (torch.profiler)",
+                        description="Validate and warm up each selected case as bench run does, then profile it per "
+                                    "implementation. Selection: --shape; else the run filters (--suite/--op/--dtype/"
+                                    "--layout/--where); else one training step (--model/--batch/--optimizer).")
+    pr.add_argument("--suite", choices=sorted(SUITE_NAMES), help="which cases (as run; default quick when a filter "
+                                                                 "is given)")
+    pr.add_argument("--op", nargs="+", choices=OPS, help="operations (with --shape: default conv2d)")
+    pr.add_argument("--dtype", nargs="+", choices=["float32", "tf32", "float16", "bfloat16", "float64"])
+    pr.add_argument("--layout", nargs="+", choices=["nchw", "channels_last"])
+    pr.add_argument("--where", action="append", metavar="AXIS=V[,V]", help="as run --where")
+    pr.add_argument("--shape", metavar="KEY=V,...",
+                    help="one explicit problem instead of a suite: N, C, H, W and optionally K, R, S, stride, "
+                         "padding, dilation (int or HxW), groups, bias=0|1; e.g. N=8,C=256,H=14,W=14,K=256,R=3,"
+                         "padding=1 (pools: R is the window)")
     pr.add_argument("--model", default="simplecnn", choices=["simplecnn", "basiccnn"])
     pr.add_argument("--batch", type=_count("--batch"), default=64)
     pr.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    pr.add_argument("--dtype", default="float32", choices=["float32", "tf32", "float64"])
     pr.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     pr.add_argument("--impl", nargs="+", metavar="NAME")
-    pr.add_argument("--steps", type=_count("--steps"), default=5, help="profiled steps (after 3 warm-up steps)")
+    pr.add_argument("--steps", type=_count("--steps"), help="profiled calls per case and implementation (default: "
+                                                            "about 100 ms of calls, 3 to 50)")
     pr.add_argument("--threads", type=_count("--threads"))
-    pr.add_argument("--out", type=Path, help="directory for profile.md/csv and traces (default results/runs/profile)")
+    pr.add_argument("--out", type=Path, help="directory for profile.md/csv, breakdown.csv and traces/ (default "
+                                             "results/runs/profile-<utc-time>)")
     ho = sub.add_parser("host-overhead", help="Python cost of one triton call with its GPU launches stubbed out "
                                               "(targets: forward <= 15 us, dgrad/wgrad <= 20 us)")
     ho.add_argument("--calls", type=_count("--calls"), default=2000, help="calls per timed block")
@@ -265,8 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             from .profile import profile_command
 
-            if args.batch < 1 or args.steps < 1:
-                raise UsageError("--batch and --steps must be positive")
             return profile_command(args)
         if args.command == "host-overhead":
             from .hostcost import host_overhead_command

@@ -249,12 +249,16 @@ def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
 
 def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 0,
                  phase: Callable[[str, str], None] = lambda impl, stage: None,
-                 report: Callable[[Outcome], None] = lambda o: None) -> None:
+                 report: Callable[[Outcome], None] = lambda o: None,
+                 after_timing: Callable[[Case, dict[str, Prepared]], None] | None = None) -> None:
     """Validate every implementation on ``case``, then time the correct ones interleaved; ``report`` each outcome
-    as soon as it is final; ``phase(impl, stage)`` announces what is about to run (the parent's watchdog)."""
+    as soon as it is final; ``phase(impl, stage)`` announces what is about to run (the parent's watchdog).
+    ``after_timing(case, timed)``: called once every row is final, with the implementations timed ok (run --profile:
+    the profiler never sees a timed sample, and its calls never become one)."""
     ready = prepare_case(case, impl_names, timing, seed, phase, report)
     if not ready:
         return
+    timed: dict[str, Prepared] = {}
     try:
         retried = time_case([p.sampler for p in ready.values()], case.device, timing, phase)
     except Exception as exc:  # noqa: BLE001 — a failure mid-timing fails every impl still being timed
@@ -291,6 +295,9 @@ def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
         if retried:
             outcome.warning = "; ".join(filter(None, [outcome.warning, "re-timed once after a noisy first attempt"]))
         report(outcome)
+        timed[outcome.impl] = p
+    if after_timing is not None and timed:
+        after_timing(case, timed)
 
 
 def gpu_kernels(fn, top: int = 8) -> list[dict] | None:

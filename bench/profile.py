@@ -1,38 +1,74 @@
-"""``bench profile``: where a training step's time goes, per implementation, with torch.profiler.
+"""``bench profile`` and ``run --profile``: where one case's time goes, per implementation, with torch.profiler.
 
-Each implementation's step — exactly the callable ``bench run`` times, wrapped as that implementation wraps it
-(compiled, CUDA-graph captured) — is warmed up, then profiled for a few steps. Time is split into forward,
-backward and optimizer by the ancestry of every profiled op: the step's own ``convbench.*`` labels for eager
-steps, torch's ``CompiledFunction`` / ``CompiledFunctionBackward`` / ``Optimizer.step`` regions for compiled ones,
-and the autograd engine's nodes for a backward that runs on its own thread. Self times are summed, so no op is
-counted twice. Outputs in the run directory: ``profile.md`` and ``profile.csv`` (phase split and top kernels per
-implementation) and a Chrome trace per implementation, ``trace-<impl>.json`` (``.json.gz`` above 5 MB), which
-opens in https://ui.perfetto.dev or chrome://tracing.
+The profiled callable is exactly the one ``bench run`` times: validated against the oracle and warmed up first
+(bench.measure.prepare_case), and under ``run --profile`` profiled once after its timing, never inside the timed
+samples. Each (case, implementation) gets:
+
+- the operator table: self and total time, calls and input shapes per operator; on a GPU also the kernels by
+  their own names (cuDNN engines, cuBLAS GEMMs, Triton kernels);
+- a Chrome trace, ``traces/trace-<case>-<impl>.json`` (``.json.gz`` above 5 MB), which opens in
+  https://ui.perfetto.dev;
+- a breakdown per call that a person can act on. The categories are in ``CATEGORIES``: the main compute, im2col
+  / col2im data rearrangement, layout conversions and copies, allocation and memset, other operators, and Python
+  and gaps. On a CPU each operator's self time goes to the category its name says, and the gaps are the wall time
+  no operator covers (Python, dispatch, ctypes calls nobody labelled). On a GPU it is device time: each kernel's
+  time by its name, and idle = the wall time during which no kernel ran (the union of the kernel intervals from
+  the trace; HolisticTraceAnalysis is not used, as it is not installed on the GPU machine this project has).
+  train_step cases are also split into forward, backward and optimizer.
+
+Run directory outputs: ``profile.md`` (per case: breakdown and top operators per implementation), ``profile.csv``
+(the operator tables), ``breakdown.csv`` (one row per case and implementation, with the trace's path), and
+``traces/``. ``bench report`` links them and draws the breakdown as stacked bars.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import math
 import os
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch.profiler import ProfilerActivity, profile
 
-import kernels
+from .schema import UsageError, atomic_write
 
-from .measure import set_precision
-from .schema import atomic_write
-
-PHASES = (  # checked in order: the first phase whose marker an op's nearest labelled ancestor carries
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # read when torch loads Kineto: its warnings are not for a CI log
+COMPRESS_ABOVE = 5 << 20
+CATEGORIES = ("compute", "im2col/col2im", "layout & copies", "allocation & memset", "other ops", "Python & gaps")
+#: (category, fragments of a lower-cased operator or kernel name), first match wins
+RULES = (
+    ("im2col/col2im", ("aten::im2col", "aten::col2im", "aten::unfold", "aten::fold", "native_im2col",
+                       "native_col2im")),
+    ("allocation & memset", ("aten::empty", "aten::zeros", "aten::zero_", "aten::fill_", "aten::resize_",
+                             "aten::new_empty", "aten::new_zeros", "aten::ones", "memset")),
+    ("layout & copies", ("aten::copy_", "aten::contiguous", "aten::clone", "aten::_to_copy", "aten::cat",
+                         "to_mkldnn", "reorder", "nchw_to_nhwc", "nhwc_to_nchw", "nchwtonhwc", "nhwctonchw",
+                         "transpose", "memcpy", "aten::to_dense")),
+    ("compute", ("conv", "mm", "gemm", "matmul", "linear", "pool", "fused", "triton", "xmma", "cudnn", "cutlass",
+                 "wgmma", "compiledfxgraph", "compiled region", "compiledfunction")),
+)
+PHASES = (  # train_step: checked in order, the first phase whose marker an op's nearest labelled ancestor carries
     ("optimizer", ("convbench.optimizer", "Optimizer.step", "Optimizer.zero_grad")),
     ("backward", ("convbench.backward", "CompiledFunctionBackward", "autograd::engine::evaluate_function")),
     ("forward", ("convbench.forward", "CompiledFunction")),
 )
-COMPRESS_ABOVE = 5 << 20
+TOP = 12  # operators (and kernels) per table
+
+
+def category(name: str) -> str:
+    """The breakdown category of an operator or kernel name; record_function regions without an operator
+    namespace (``Optimizer.step#SGD.step``, ``convbench.forward``) are Python time."""
+    low = name.lower()
+    for cat, fragments in RULES:
+        if any(f in low for f in fragments):
+            return cat
+    return "other ops" if "::" in name or low.startswith(("void ", "kernel", "elementwise")) else "Python & gaps"
 
 
 def phase_of(event) -> str:
@@ -42,28 +78,84 @@ def phase_of(event) -> str:
             if node.name.startswith(markers):
                 return phase
         node = node.cpu_parent
-    return "other"
+    return "forward"  # the plain timed step is unlabelled: what is not backward or optimizer is its forward and loss
 
 
-def phase_split(prof, steps: int, device: str) -> dict[str, float]:
-    """Milliseconds per step in each phase: self CPU time on a CPU, self device (kernel) time on a GPU."""
-    totals = {p: 0.0 for p, _ in PHASES} | {"other": 0.0}
-    for e in prof.events():
-        us = e.self_device_time_total if device == "cuda" else e.self_cpu_time_total
-        if us:
-            totals[phase_of(e)] += us / 1e3 / steps
-    return totals
+def case_slug(key: str) -> str:
+    """A file-name part for a case key: readable (op, shape, arguments, dtype, layout) and unique (a hash)."""
+    parts = key.split("|")[:-1]
+    text = "-".join(re.sub(r"[^A-Za-z0-9.=]+", "", p) for p in parts)[:90]
+    return f"{text}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
 
 
-def top_kernels(prof, device: str, limit: int = 8) -> pd.DataFrame:
-    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    rows = [{"kernel": e.key, "calls": e.count, "self ms": getattr(e, key) / 1e3}
-            for e in prof.key_averages() if getattr(e, key) > 0 and not e.key.startswith("convbench.")]
-    return pd.DataFrame(rows).sort_values("self ms", ascending=False).head(limit) if rows else pd.DataFrame()
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    busy, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        busy += b - max(a, end)
+        end = b
+    return busy
 
 
-def _save_trace(prof, out: Path, impl: str) -> Path:
-    path = out / f"trace-{impl}.json"
+def breakdown(prof, calls: int, wall_ms: float, device: str, train: bool = False) -> dict:
+    """Milliseconds per call in each of CATEGORIES (and per train phase), from a finished profile."""
+    from torch.autograd import DeviceType
+
+    events = prof.events()
+    per = dict.fromkeys(CATEGORIES, 0.0)
+    phases = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    if device == "cuda":
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        for e in kernels:
+            per[category(e.name)] += e.time_range.elapsed_us() / 1e3 / calls
+        busy_ms = _union_us([(e.time_range.start, e.time_range.end) for e in kernels]) / 1e3
+        per["Python & gaps"] = max(0.0, wall_ms - busy_ms) / calls  # the GPU idle: no kernel running
+        if train:
+            for e in events:
+                if e.device_type != DeviceType.CUDA and e.self_device_time_total:
+                    phases[phase_of(e)] += e.self_device_time_total / 1e3 / calls
+    else:
+        threads: dict[int, int] = {}
+        for e in events:
+            if e.cpu_parent is None:
+                threads[e.thread] = threads.get(e.thread, 0) + 1
+        main = max(threads, key=threads.get) if threads else None
+        mine = [e for e in events if e.thread == main]
+        in_ops = sum(e.cpu_time_total for e in mine if e.cpu_parent is None) / 1e3
+        for e in mine:
+            per[category(e.name)] += e.self_cpu_time_total / 1e3 / calls
+            if train:
+                phases[phase_of(e)] += e.self_cpu_time_total / 1e3 / calls
+        per["Python & gaps"] += max(0.0, wall_ms - in_ops) / calls
+    out = {f"{k} ms": v for k, v in per.items()}
+    if train:
+        out.update({f"{k} ms": v for k, v in phases.items()})
+    return out
+
+
+def operator_table(prof, device: str, calls: int) -> list[dict]:
+    """Top operators by self CPU time (and on a GPU the top kernels by device time), per call."""
+    from torch.autograd import DeviceType
+
+    rows = []
+    averages = prof.key_averages(group_by_input_shape=True)
+    ops = [e for e in averages if e.self_cpu_time_total > 0 and getattr(e, "device_type", None) != DeviceType.CUDA]
+    for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:TOP]:
+        rows.append({"kind": "cpu op", "name": e.key, "input shapes": str(e.input_shapes or "")[:200],
+                     "calls": e.count / calls, "self ms": e.self_cpu_time_total / 1e3 / calls,
+                     "total ms": e.cpu_time_total / 1e3 / calls})
+    if device == "cuda":
+        kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == DeviceType.CUDA
+                   and e.self_device_time_total > 0]
+        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:TOP]:
+            rows.append({"kind": "gpu kernel", "name": e.key[:200], "input shapes": "", "calls": e.count / calls,
+                         "self ms": e.self_device_time_total / 1e3 / calls,
+                         "total ms": e.device_time_total / 1e3 / calls})
+    return rows
+
+
+def _save_trace(prof, path: Path) -> Path:
     prof.export_chrome_trace(str(path))
     if path.stat().st_size > COMPRESS_ABOVE:
         with open(path, "rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
@@ -73,67 +165,257 @@ def _save_trace(prof, out: Path, impl: str) -> Path:
     return path
 
 
-def profile_training(out: Path, impls: list[str], model: str = "simplecnn", batch: int = 64,
-                     optimizer: str = "sgd", dtype: str = "float32", device: str = "cpu", steps: int = 5,
-                     warmup: int = 3, seed: int = 0) -> pd.DataFrame:
-    """Profile one training step configuration for every implementation; write the table and traces to ``out``."""
-    from reference import TrainProblem, make_optimizer
+def auto_calls(call_ms: float) -> int:
+    """Calls per profile: about 100 ms of work, 3 to 50 calls (the profiler's own cost grows with events)."""
+    return int(min(50, max(3, math.ceil(100.0 / max(call_ms, 1e-3)))))
 
-    from .train import make_train_step
 
-    problem = TrainProblem(model, batch, optimizer, dtype)
-    out.mkdir(parents=True, exist_ok=True)
-    set_precision(dtype)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    split_rows, sections = [], []
-    for name in impls:
-        impl = kernels.get(name)
-        why = impl.unavailable_reason(device) or impl.correctness_only(device)
-        if why:
-            split_rows.append({"impl": name, "status": "not profiled", "reason": why})
+def profile_call(case, impl: str, fn, out: Path, calls: int) -> dict:
+    """Profile ``calls`` calls of a validated, warmed-up ``fn``; write its trace and summary JSON under
+    ``out/traces/``; return the summary (breakdown and operator table)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from .timing import synchronize
+
+    traces = out / "traces"
+    traces.mkdir(parents=True, exist_ok=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if case.device == "cuda" else [])
+    fn()  # one more untimed call: nothing first-call (allocator growth, lazy init) in the profile
+    synchronize(case.device)
+    with profile(activities=activities, record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(case.device)
+        wall_ms = (time.perf_counter() - t0) * 1e3
+    name = f"trace-{case_slug(case.key)}-{impl}.json"
+    trace = _save_trace(prof, traces / name)
+    summary = {**_case_columns(case), "impl": impl, "status": "ok", "reason": "", "calls": calls,
+               "wall ms": wall_ms / calls, "threads": torch.get_num_threads(),
+               **breakdown(prof, calls, wall_ms, case.device, train=case.op == "train_step"),
+               "trace": trace.relative_to(out).as_posix(), "operators": operator_table(prof, case.device, calls),
+               "method": ("GPU: kernel time by name; idle = wall time with no kernel running" if case.device == "cuda"
+                          else "CPU: self time of each operator on the calling thread; gaps = wall time outside "
+                               "every operator")}
+    atomic_write(traces / f"{name.removesuffix('.json')}.summary.json", json.dumps(summary, default=str))
+    return summary
+
+
+def _case_columns(case) -> dict:
+    """The results-row columns that describe a case (bench.schema.case_label reads them)."""
+    return {"case_key": case.key, "op": case.op, "dtype": case.dtype, "layout": case.layout, **case.columns(),
+            "options": case.options_text().strip()}
+
+
+def not_profiled(case, impl: str, status: str, reason: str, out: Path) -> dict:
+    summary = {**_case_columns(case), "impl": impl, "status": status, "reason": reason[:300]}
+    traces = out / "traces"
+    traces.mkdir(parents=True, exist_ok=True)
+    atomic_write(traces / f"trace-{case_slug(case.key)}-{impl}.summary.json", json.dumps(summary))
+    return summary
+
+
+def collect(out: Path) -> list[dict]:
+    """Every profile summary written under ``out/traces/``, in file order."""
+    found = []
+    for p in sorted((out / "traces").glob("*.summary.json")):
+        try:
+            found.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):  # one unreadable summary costs that profile only
             continue
-        net = problem.build(impl.train_ops(), seed, device)
-        opt = make_optimizer(optimizer, net.parameters(), **impl.optimizer_options(device))
-        step = impl.wrap_train_step(make_train_step(net, opt), net, opt, device)
-        (x, y), = problem.make_batches(1, seed, device)
-        for _ in range(warmup):  # compile, autotune, capture: not what a step costs
-            step(x, y)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        with profile(activities=activities) as prof:
-            for _ in range(steps):
-                step(x, y)
-            if device == "cuda":
-                torch.cuda.synchronize()
-        split = phase_split(prof, steps, device)
-        trace = _save_trace(prof, out, name)
-        split_rows.append({"impl": name, "status": "ok", **{f"{k} ms": v for k, v in split.items()},
-                           "total ms": sum(split.values()), "trace": trace.name, "reason": ""})
-        sections.append((name, top_kernels(prof, device)))
-    table = pd.DataFrame(split_rows)
-    what = "self device (kernel) time" if device == "cuda" else "self CPU time"
-    md = [f"# Training-step profile: {model}, batch {batch}, {optimizer}, {dtype}, {device}", "",
-          f"Per step, {what} in ms, averaged over {steps} profiled steps after {warmup} warm-up steps. Traces open "
-          "in https://ui.perfetto.dev.", "", table.to_markdown(index=False, floatfmt=".3f"), ""]
-    for name, top in sections:
-        md += [f"## {name}: top kernels ({what}, {steps} steps)", "",
-               top.to_markdown(index=False, floatfmt=".3f") if not top.empty else "_no events_", ""]
+    return found
+
+
+def write_profile(out: Path, summaries: list[dict]) -> pd.DataFrame:
+    """profile.md, profile.csv (operators) and breakdown.csv (one row per case and implementation)."""
+    from .schema import case_label
+
+    rows = [{k: v for k, v in s.items() if k != "operators"} for s in summaries]
+    table = pd.DataFrame(rows)
+    atomic_write(out / "breakdown.csv", table.to_csv(index=False))
+    ops = [{"case_key": s["case_key"], "impl": s["impl"], **o} for s in summaries for o in s.get("operators", [])]
+    atomic_write(out / "profile.csv", pd.DataFrame(ops).to_csv(index=False))
+    md = ["# Where the time goes", "",
+          "Per call, in ms, from torch.profiler after validation and warm-up (the callable `bench run` times). "
+          "Traces open in https://ui.perfetto.dev.", ""]
+    cats = [f"{c} ms" for c in CATEGORIES]
+    for key, grp in table.groupby("case_key", sort=False):
+        first = grp.iloc[0]
+        md += [f"## {case_label(first.to_dict())}", "", f"`{key}`", ""]
+        ok = grp[grp["status"] == "ok"]
+        if len(ok):
+            show = ok.set_index("impl")[["wall ms", *cats]]
+            md += [show.to_markdown(floatfmt=".3g"), ""]
+            md += [_reading(ok), ""]
+            for _, r in ok.iterrows():
+                md.append(f"- {r['impl']}: [trace]({r['trace']})")
+            md.append("")
+        for _, r in grp[grp["status"] != "ok"].iterrows():
+            md += [f"- {r['impl']}: not profiled ({r['status']}: {r['reason']})"]
+        for s in (s for s in summaries if s["case_key"] == key and s.get("operators")):
+            top = pd.DataFrame(s["operators"])
+            md += ["", f"### {s['impl']}: top operators (per call)", "", top.to_markdown(index=False, floatfmt=".3g")]
+        md.append("")
+    if summaries and summaries[0].get("method"):
+        md += ["Method: " + summaries[0]["method"] + ".", ""]
     atomic_write(out / "profile.md", "\n".join(md))
-    atomic_write(out / "profile.csv", table.to_csv(index=False))
     return table
 
 
+def _reading(ok: pd.DataFrame) -> str:
+    """One sentence per implementation: where most of its time goes, and how it compares with the fastest."""
+    cats = [f"{c} ms" for c in CATEGORIES]
+    fastest = ok.loc[ok["wall ms"].idxmin()]
+    lines = []
+    for _, r in ok.iterrows():
+        total = r["wall ms"] or 1.0
+        shares = sorted(((r[c] / total, c[:-3]) for c in cats), reverse=True)
+        main = ", ".join(f"{name} {share:.0%}" for share, name in shares[:3] if share >= 0.01)
+        extra = ""
+        if r["impl"] != fastest["impl"]:
+            diff = {c[:-3]: r[c] - fastest[c] for c in cats}
+            worst = max(diff, key=diff.get)
+            extra = (f"; {r['wall ms'] / fastest['wall ms']:.2f}× {fastest['impl']}'s time, most of the difference in "
+                     f"{worst} (+{diff[worst]:.3g} ms)")
+        lines.append(f"- **{r['impl']}** {r['wall ms']:.3g} ms per call: {main}{extra}.")
+    return "\n".join(lines)
+
+
+# ---- the command -----------------------------------------------------------------------------------------------
+SHAPE_KEYS = {"N", "C", "H", "W", "K", "R", "S", "stride", "padding", "dilation", "groups", "bias"}
+PAIRS = ("stride", "padding", "dilation")
+
+
+def parse_shape(text: str, ops: list[str], dtypes: list[str], layouts: list[str], device: str) -> list:
+    """``--shape N=8,C=256,H=14,W=14,K=256,R=3,stride=1,padding=1`` as one case per op × dtype × layout (pools:
+    R is the window, K is ignored)."""
+    from reference import ConvProblem, PoolProblem
+
+    from .cases import Case
+
+    values: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if "=" not in item:
+            raise UsageError(f"--shape expects KEY=VALUE pairs (N, C, H, W, K, R, S, stride, padding, dilation, "
+                             f"groups, bias), got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        if k not in SHAPE_KEYS:
+            raise UsageError(f"--shape: unknown key {k!r}; keys: {', '.join(sorted(SHAPE_KEYS))}")
+        values[k] = v
+    missing = {"N", "C", "H", "W"} - set(values)
+    if missing:
+        raise UsageError(f"--shape needs {', '.join(sorted(missing))}")
+
+    def num(k: str, default=None):
+        """An int; stride, padding and dilation may be HxW (a pair) and padding same/valid."""
+        if k not in values:
+            return default
+        v = values[k]
+        if k == "padding" and v in ("same", "valid"):
+            return v
+        try:
+            parts = [int(p) for p in v.split("x")]
+        except ValueError:
+            parts = []
+        if len(parts) == 1:
+            return parts[0] if k not in PAIRS else (parts[0], parts[0])
+        if len(parts) == 2 and k in PAIRS:
+            return tuple(parts)
+        raise UsageError(f"--shape {k}={v!r}: expects an integer" + (" or HxW" if k in PAIRS else ""))
+
+    cases = []
+    for op in ops:
+        for dtype in dtypes:
+            for layout in layouts:
+                try:
+                    if op in ("conv2d", "conv2d_backward"):
+                        R = num("R", 3)
+                        p = ConvProblem(N=num("N"), C=num("C"), H=num("H"), W=num("W"), K=num("K", num("C")), R=R,
+                                        S=num("S", R), stride=num("stride", (1, 1)), padding=num("padding", (0, 0)),
+                                        dilation=num("dilation", (1, 1)), groups=num("groups", 1),
+                                        bias=values.get("bias", "1") not in ("0", "false"), dtype=dtype,
+                                        layout=layout)
+                    elif op in ("max_pool2d", "avg_pool2d"):
+                        R = num("R", 2)
+                        p = PoolProblem(op=op, N=num("N"), C=num("C"), H=num("H"), W=num("W"), kernel=(R, num("S", R)),
+                                        stride=num("stride"), padding=num("padding", (0, 0)), dtype=dtype,
+                                        layout=layout)
+                    else:
+                        raise UsageError(f"--shape describes a conv or pool; --op {op} has no shape")
+                except (ValueError, TypeError) as exc:
+                    raise UsageError(f"--shape {text}: {str(exc).splitlines()[0]}") from None
+                cases.append(Case(op, p, device))
+    return cases
+
+
+def select(args) -> list:
+    """The cases ``bench profile`` profiles: --shape; else the run selection (--suite/--op/--dtype/--layout/
+    --where); else, with none of them, one training step (--model, --batch, --optimizer)."""
+    from .cases import Case
+    from .runner import RunOptions
+    from .select import parse_where, select_cases
+
+    if args.shape:
+        return parse_shape(args.shape, args.op or ["conv2d"], args.dtype or ["float32"], args.layout or ["nchw"],
+                           args.device)
+    if args.suite or args.op or args.where or args.layout:
+        opts = RunOptions(suite=args.suite or "quick", device=args.device, ops=args.op, dtypes=args.dtype,
+                          layouts=args.layout, where=parse_where(args.where))
+        cases = select_cases(opts)
+        if not cases:
+            raise UsageError("no case matches the selection (--suite/--op/--dtype/--layout/--where)")
+        return cases
+    from reference import TrainProblem
+
+    dtype = (args.dtype or ["float32"])[0]
+    return [Case("train_step", TrainProblem(args.model, args.batch, args.optimizer, dtype), args.device)]
+
+
+def profile_cases(cases: list, impls: list[str], out: Path, timing, seed: int = 0,
+                  calls: int | None = None, log=print) -> list[dict]:
+    """Validate and warm up every implementation on each case (as bench run does), then profile the correct ones."""
+    from .measure import prepare_case
+
+    summaries = []
+    for case in cases:
+        failed = []
+        ready = prepare_case(case, impls, timing, seed, report=failed.append)
+        for o in failed:
+            summaries.append(not_profiled(case, o.impl, o.status, o.error, out))
+        for name, p in ready.items():
+            try:
+                s = profile_call(case, name, p.sampler.fn, out, calls or auto_calls(p.call_ms))
+            except Exception as exc:  # noqa: BLE001 — a profiler failure costs that profile, not the others
+                s = not_profiled(case, name, "error", f"profiling failed: {type(exc).__name__}: {exc}", out)
+            summaries.append(s)
+            log(f"{case.key} {name}: " + (f"{s['wall ms']:.3g} ms per call, {s['calls']} calls → {s['trace']}"
+                                           if s["status"] == "ok" else f"{s['status']}: {s['reason']}"))
+    return summaries
+
+
 def profile_command(args) -> int:
+    import torch
+
     from .select import select_impls
+    from .suites import QUICK_TIMING, SUITES
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("convbench profile: --device cuda: no CUDA device is available", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = args.out or Path("results") / "runs" / "profile"
-    table = profile_training(out, select_impls(args.impl), args.model, args.batch, args.optimizer, args.dtype,
-                             args.device, args.steps)
-    print(table.to_string(index=False))
-    print(f"wrote {out}/profile.md, profile.csv and trace-<impl>.json")
-    return 0
+        raise UsageError("--device cuda: no CUDA device is available")
+    impls = select_impls(args.impl)
+    cases = select(args)
+    out = args.out or Path("results") / "runs" / f"profile-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    if (out / "breakdown.csv").exists():
+        raise UsageError(f"--out {out} already holds a profile; choose another directory")
+    from .runner import default_threads
+
+    torch.set_num_threads(args.threads or default_threads())
+    timing = SUITES[args.suite].timing if args.suite else QUICK_TIMING
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = profile_cases(cases, impls, out, timing, calls=args.steps,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    table = write_profile(out, summaries)
+    cats = [c for c in ("wall ms", *[f"{c} ms" for c in CATEGORIES]) if c in table]
+    print(table[["impl", "status", *cats]].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"wrote {out}/profile.md, profile.csv, breakdown.csv and traces/")
+    return 0 if (table["status"] == "ok").any() else 1

@@ -101,6 +101,19 @@ def history_plots(env: dict, plots: Path, db: Path | None = None) -> list[Path]:
         return []
 
 
+class Links(list):
+    """A report section of (text, relative path) links: rendered as a Markdown list and HTML anchors."""
+
+
+def profile_links(run_dir: Path, breakdown: Path) -> Links:
+    """profile.md and the Chrome trace of every profiled case × implementation, relative to the run directory."""
+    table = pd.read_csv(breakdown)
+    links = Links([("profile.md: breakdown and operator tables of every profiled case", "profile.md")])
+    for _, r in table[table["status"] == "ok"].iterrows():
+        links.append((f"{r['impl']} · {r['case_key']} · {float(r['wall ms']):.3g} ms per call (trace)", r["trace"]))
+    return links
+
+
 def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
     """The report as (title, [(heading, DataFrame | str | Path to png)]) — rendered to both md and html."""
     frame = read_rows(run_dir)
@@ -136,8 +149,14 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
         sections.append((f"{op}: every case", case_table(frame, op)))
     if charts.plot_train(frame, plots / "train_step_images_per_s.png"):
         sections.append(("Training step throughput", plots / "train_step_images_per_s.png"))
-    if charts.plot_profile_split(run_dir / "profile.csv", plots / "train_step_profile.png"):
-        sections.append(("Profiled training step (run --profile)", plots / "train_step_profile.png"))
+    breakdown = run_dir / "breakdown.csv"
+    if charts.plot_breakdown(breakdown, plots / "profile_breakdown.png"):
+        sections.append(("Where the time goes (profiled cases: run --profile, bench profile)",
+                         plots / "profile_breakdown.png"))
+    if charts.plot_profile_split(breakdown, plots / "train_step_profile.png"):
+        sections.append(("Profiled training steps", plots / "train_step_profile.png"))
+    if breakdown.exists():
+        sections.append(("Profiles: tables and traces", profile_links(run_dir, breakdown)))
     for png in history_plots(env, plots):
         sections.append((f"History: {png.stem.split('-')[-2]}", png))
     ran = frame[frame["status"] == "ok"]
@@ -199,6 +218,10 @@ def write_report(run_dir: Path) -> int:
             md += [f"![{heading or content.stem}]({rel.as_posix()})", ""]
             data = base64.b64encode(content.read_bytes()).decode()  # inlined: the page needs no other file
             body.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(content.stem)}">')
+        elif isinstance(content, Links):
+            md += [f"- [{text}]({href})" for text, href in content] + [""]
+            body.append("<ul>" + "".join(f'<li><a href="{html.escape(href)}">{html.escape(text)}</a></li>'
+                                         for text, href in content) + "</ul>")
         elif isinstance(content, pd.DataFrame):
             md += [_md_table(content), ""]
             body.append(content.to_html(escape=True, na_rep="", index=_named_index(content),

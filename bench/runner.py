@@ -233,7 +233,8 @@ def run(opts: RunOptions) -> int:
         timing_mode = "callgrind,instructions-per-call,arch=x86-64-v3"
     else:
         cache_env, env["compile_cache"], cache_dir = compile_caches(opts.warm_cache)
-        supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env() + cache_env), opts.timeout)
+        supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env() + cache_env,
+                                             profile_dir=str(out.resolve()) if opts.profile else None), opts.timeout)
     progress = Progress(len(cases), opts.progress)
     placement = {"node": env["host"], "device_name": env["device_name"], "env_key": device_key(env)}
     interrupted = stopped = False
@@ -260,8 +261,14 @@ def run(opts: RunOptions) -> int:
         if cache_dir is not None:
             shutil.rmtree(cache_dir, ignore_errors=True)
     env["cases_s"] = round(time.perf_counter() - started, 3)
-    if opts.profile and not interrupted:
-        _profile(out, cases, impls, threads)
+    if opts.profile:  # each case was profiled by the worker after its timing; the tables join them
+        from .profile import collect, write_profile
+
+        profiled = collect(out)
+        if profiled:
+            write_profile(out, profiled)
+            print(f"profiles: {out / 'profile.md'} ({sum(s['status'] == 'ok' for s in profiled)} case × "
+                  f"implementation traces in {out / 'traces'})", file=sys.stderr)
     env["worker_restarts"] = supervisor.restarts
     env["worker_warmup_s"] = getattr(supervisor, "warmups", [])
     return _finish(opts, out, env, rows, interrupted, stopped)
@@ -314,20 +321,6 @@ def _finish(opts: RunOptions, out: Path, env: dict, rows: list[dict], interrupte
         print(f"interrupted: {len(rows)} rows kept in {out}; continue with --resume --out {out}", file=sys.stderr)
         return 1
     return 1 if any(r["status"] in FAILED for r in rows) else 0
-
-
-def _profile(out: Path, cases: list[Case], impls: list[str], threads: int) -> None:
-    """--profile: one training step configuration per run — the selected train_step case with the largest batch
-    (SGD first), else SimpleCNN at batch 64 with SGD — profiled per implementation into the run directory."""
-    from .profile import profile_training
-
-    trains = sorted((c.problem for c in cases if c.op == "train_step"),
-                    key=lambda p: (p.optimizer != "sgd", -p.batch))
-    p = trains[0] if trains else None
-    torch.set_num_threads(threads)
-    table = profile_training(out, impls, *(p.model, p.batch, p.optimizer, p.dtype) if p else (),
-                             device=cases[0].device)
-    print(table.to_string(index=False))
 
 
 class InstructionSupervisor:

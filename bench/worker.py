@@ -26,6 +26,7 @@ class WorkerConfig:
     device: str
     threads: int
     env: tuple[tuple[str, str], ...] = ()  # variables set before torch/triton are imported in the worker
+    profile_dir: str | None = None  # run --profile: each timed case is profiled after its timing, into this run dir
 
 
 def serve(conn, config: WorkerConfig) -> None:
@@ -53,8 +54,12 @@ def serve(conn, config: WorkerConfig) -> None:
             reported.add(outcome.impl)
             conn.send(("outcome", outcome))
 
+        def phase(impl: str, stage: str) -> None:
+            conn.send(("phase", impl, stage))
+
         try:
-            measure_case(case, impls, timing, seed, phase=lambda i, s: conn.send(("phase", i, s)), report=report)
+            measure_case(case, impls, timing, seed, phase=phase, report=report,
+                         after_timing=_profiler(config.profile_dir, phase) if config.profile_dir else None)
         except Exception as exc:  # noqa: BLE001 — e.g. the float64 oracle ran out of memory
             for name in impls:
                 if name not in reported:
@@ -64,6 +69,22 @@ def serve(conn, config: WorkerConfig) -> None:
         conn.send(("done", poisoned))
         if poisoned:
             return  # the parent starts a fresh process for the next case
+
+
+def _profiler(run_dir: str, phase):
+    """run --profile: profile each implementation timed ok on a case (bench/profile.py) into the run directory."""
+    from pathlib import Path
+
+    from .profile import auto_calls, not_profiled, profile_call
+
+    def after(case, timed) -> None:
+        for name, p in timed.items():
+            phase(name, "profile")
+            try:
+                profile_call(case, name, p.sampler.fn, Path(run_dir), auto_calls(p.call_ms))
+            except Exception as exc:  # noqa: BLE001 — a profiler failure costs that profile, never the row
+                not_profiled(case, name, "error", f"profiling failed: {type(exc).__name__}: {exc}", Path(run_dir))
+    return after
 
 
 def warm_up_process(device: str, impls: list[str], phase=lambda name: None) -> dict[str, float]:

@@ -3,6 +3,8 @@ batch slicing under a size budget. Implementation-private helpers stay in their 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -29,3 +31,11 @@ def batch_slices(N: int, per_image: int, budget: int) -> list[slice]:
     0..N (none for N = 0)."""
     step = max(1, budget // max(1, per_image))
     return [slice(i, min(N, i + step)) for i in range(0, N, step)]
+
+
+def profiled(name: str):
+    """A torch.profiler region named ``name`` around a call the profiler cannot see (a ctypes call into native
+    code), so that a profile attributes its time instead of showing a gap; nothing while no profiler runs."""
+    if torch.autograd._profiler_enabled():
+        return torch.profiler.record_function(name)
+    return contextlib.nullcontext()

@@ -272,7 +272,8 @@ def test_cuda_without_a_gpu_is_bad_usage(tmp_path):
 
 def test_train_step_rows_and_profile(tmp_path):
     """train_step cases: checked step by step against the float64 reference (whole-step torch.compile included),
-    timed as images/s, and profiled into forward / backward / optimizer with a Chrome trace per implementation."""
+    timed as images/s, and (run --profile) profiled after timing into forward / backward / optimizer with a Chrome
+    trace per implementation."""
     out = tmp_path / "train"
     proc = bench("run", "--suite", "quick", "--op", "train_step", "--where", "batch=16", "--impl", "cudnn", "compile",
                  "--max-seconds", "0.3", "--profile", "--out", out, "--no-progress")
@@ -283,11 +284,11 @@ def test_train_step_rows_and_profile(tmp_path):
         assert r["images_per_s"] == pytest.approx(16 / (r["median_ms"] / 1e3), rel=1e-3)
         assert float(r["max_abs_err"]) < 1e-4 and r["options"] == "model=simplecnn optimizer=sgd"
     assert float(rows[rows["impl"] == "compile"]["compile_s"].iloc[0]) > 0
-    profile = pd.read_csv(out / "profile.csv", keep_default_na=False)
+    profile = pd.read_csv(out / "breakdown.csv", keep_default_na=False)
     ok = profile[profile["status"] == "ok"].set_index("impl")
-    assert set(ok.index) == {"cudnn", "compile"}
+    assert set(ok.index) == {"cudnn", "compile"} and set(ok["op"]) == {"train_step"}
     for impl in ok.index:
         assert ok.loc[impl, "forward ms"] > 0 and ok.loc[impl, "backward ms"] > 0 and ok.loc[impl, "optimizer ms"] > 0
         trace = out / ok.loc[impl, "trace"]
-        assert trace.exists() and trace.name.startswith(f"trace-{impl}.json")
-    assert "top kernels" in (out / "profile.md").read_text()
+        assert trace.exists() and trace.name.startswith("trace-train_step-") and f"-{impl}.json" in trace.name
+    assert "top operators" in (out / "profile.md").read_text()

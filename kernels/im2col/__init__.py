@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from reference import ConvProblem, PoolProblem
 
 from .. import note, register
-from .._common import accumulator_dtype, batch_slices, is_nchw
+from .._common import accumulator_dtype, batch_slices, is_nchw, profiled
 from ..base import Implementation
 from . import native as _native
 
@@ -284,8 +284,9 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last)
     N, C, H, W = t.shape
     out = torch.empty_like(t, memory_format=torch.channels_last)
-    lib.nchw_to_nhwc(_native.ptr(t), _native.ptr(out), ctypes.c_int64(N), ctypes.c_int64(C), ctypes.c_int64(H * W),
-                     ctypes.c_int(torch.get_num_threads()))
+    with profiled("native_nchw_to_nhwc"):
+        lib.nchw_to_nhwc(_native.ptr(t), _native.ptr(out), ctypes.c_int64(N), ctypes.c_int64(C),
+                         ctypes.c_int64(H * W), ctypes.c_int(torch.get_num_threads()))
     return out
 
 
@@ -310,15 +311,17 @@ def _native_forward(lib, x: torch.Tensor, weight, bias, p: ConvProblem) -> torch
     if nchw:
         y = x.new_empty((N, p.K, p.P, p.Q))
         w = weight.contiguous()  # held here: the C code gets raw pointers
-        code = lib.conv_fwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(w), _native.ptr(b), _native.ptr(y),
-                                 ctypes.c_int64(_tile_rows(p, True)), threads)
+        with profiled("native_conv_fwd_nchw"):
+            code = lib.conv_fwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(w), _native.ptr(b),
+                                     _native.ptr(y), ctypes.c_int64(_tile_rows(p, True)), threads)
         note(backend=_native_label("nchw", code, False))
         return y
     xh = x.permute(0, 2, 3, 1)
     y = x.new_empty((N, p.P, p.Q, p.K))
     wt = _native_weight(weight, p, True)
-    code = lib.conv_fwd(_geometry(p, N), _native.ptr(xh), _native.ptr(wt), _native.ptr(b), _native.ptr(y),
-                        ctypes.c_int64(_tile_rows(p, False)), threads)
+    with profiled("native_conv_fwd_nhwc"):
+        code = lib.conv_fwd(_geometry(p, N), _native.ptr(xh), _native.ptr(wt), _native.ptr(b), _native.ptr(y),
+                            ctypes.c_int64(_tile_rows(p, False)), threads)
     note(backend=_native_label("nhwc", code, False))
     return y.permute(0, 3, 1, 2)  # N×K×P×Q in channels_last memory
 
@@ -332,9 +335,10 @@ def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w:
         gx = torch.empty_like(x) if need_x else None
         wT = weight.reshape(G, Kg, -1).transpose(1, 2).contiguous()
         gw = x.new_empty((G, Cg * p.R * p.S, Kg)) if need_w else None
-        code = lib.conv_bwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(wT), _native.ptr(gy),
-                                 _native.ptr(gx), _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, True)),
-                                 threads)
+        with profiled("native_conv_bwd_nchw"):
+            code = lib.conv_bwd_nchw(_geometry(p, N), _native.ptr(x), _native.ptr(wT), _native.ptr(gy),
+                                     _native.ptr(gx), _native.ptr(gw), _native.ptr(gb),
+                                     ctypes.c_int64(_tile_rows(p, True)), threads)
         note(backend=_native_label("nchw", code, True))
         if gw is not None:
             gw = gw.transpose(1, 2)
@@ -344,8 +348,9 @@ def _native_backward(lib, x, weight, grad, p: ConvProblem, need_x: bool, need_w:
     gx = x.new_empty((N, p.H, p.W, p.C)) if need_x else None
     w = _native_weight(weight, p, False)
     gw = torch.empty_like(w) if need_w else None
-    code = lib.conv_bwd(_geometry(p, N), _native.ptr(xh), _native.ptr(w), _native.ptr(gy), _native.ptr(gx),
-                        _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, False)), threads)
+    with profiled("native_conv_bwd_nhwc"):
+        code = lib.conv_bwd(_geometry(p, N), _native.ptr(xh), _native.ptr(w), _native.ptr(gy), _native.ptr(gx),
+                            _native.ptr(gw), _native.ptr(gb), ctypes.c_int64(_tile_rows(p, False)), threads)
     note(backend=_native_label("nhwc", code, True))
     if gw is not None:
         if _depthwise(p):
