@@ -84,7 +84,7 @@ def phase_of(event) -> str:
 def case_slug(key: str) -> str:
     """A file-name part for a case key: readable (op, shape, arguments, dtype, layout) and unique (a hash)."""
     parts = key.split("|")[:-1]
-    text = "-".join(re.sub(r"[^A-Za-z0-9.=]+", "", p) for p in parts)[:90]
+    text = "-".join(re.sub(r"[^A-Za-z0-9._=]+", "", p) for p in parts)[:90]
     return f"{text}-{hashlib.sha1(key.encode()).hexdigest()[:6]}"
 
 
