@@ -61,14 +61,21 @@ PHASES = (  # train_step: checked in order, the first phase whose marker an op's
 TOP = 12  # operators (and kernels) per table
 
 
-def category(name: str) -> str:
-    """The breakdown category of an operator or kernel name; record_function regions without an operator
-    namespace (``Optimizer.step#SGD.step``, ``convbench.forward``) are Python time."""
+def category(name: str, kernel: bool = False) -> str:
+    """The breakdown category of a CPU operator or (``kernel``) a GPU kernel's name. A CPU region without an
+    operator namespace is Python (an autograd Function's or a record_function's own time, e.g.
+    ``Optimizer.step#SGD.step``), except our labelled native calls and compiled graphs, whose kernels the profiler
+    cannot see inside them."""
     low = name.lower()
+    if not kernel and "::" not in name and not low.startswith(("native_", "torch-compiled region")) \
+            and "compiledfxgraph" not in low and not low.startswith("compiledfunction"):
+        return "Python & gaps"
+    if low.startswith("autograd::engine"):
+        return "other ops"  # the engine's own time; the backward operators it calls are categorised themselves
     for cat, fragments in RULES:
         if any(f in low for f in fragments):
             return cat
-    return "other ops" if "::" in name or low.startswith(("void ", "kernel", "elementwise")) else "Python & gaps"
+    return "other ops"
 
 
 def phase_of(event) -> str:
@@ -108,7 +115,7 @@ def breakdown(prof, calls: int, wall_ms: float, device: str, train: bool = False
     if device == "cuda":
         kernels = [e for e in events if e.device_type == DeviceType.CUDA]
         for e in kernels:
-            per[category(e.name)] += e.time_range.elapsed_us() / 1e3 / calls
+            per[category(e.name, kernel=True)] += e.time_range.elapsed_us() / 1e3 / calls
         busy_ms = _union_us([(e.time_range.start, e.time_range.end) for e in kernels]) / 1e3
         per["Python & gaps"] = max(0.0, wall_ms - busy_ms) / calls  # the GPU idle: no kernel running
         if train:

@@ -81,8 +81,13 @@ def test_breakdown_categories_follow_operator_names():
     assert category("aten::empty_strided") == "allocation & memset"
     assert category("aten::add_") == "other ops"
     assert category("Optimizer.step#SGD.step") == "Python & gaps"
-    assert category("void cudnn::engines_precompiled::nchwToNhwcKernel<float>") == "layout & copies"
-    assert category("sm90_xmma_fprop_implicit_gemm_bf16") == "compute"
+    assert category("_Im2colConv") == "Python & gaps"  # an autograd Function's own (Python) time
+    assert category("autograd::engine::evaluate_function: ConvolutionBackward0") == "other ops"
+    assert category("Torch-Compiled Region: 0/0") == "compute"
+    assert category("void cudnn::engines_precompiled::nchwToNhwcKernel<float>", kernel=True) == "layout & copies"
+    assert category("sm90_xmma_fprop_implicit_gemm_bf16", kernel=True) == "compute"
+    assert category("triton_poi_fused_relu_0", kernel=True) == "compute"
+    assert category("Memset (Device)", kernel=True) == "allocation & memset"
 
 
 def test_profiling_after_timing_leaves_the_timed_samples_unchanged(tmp_path):
