@@ -140,3 +140,18 @@ def test_a_bad_selection_exits_2_with_a_one_line_reason_and_writes_nothing(tmp_p
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_profile_names_the_kernels_and_the_idle_time(tmp_path):
+    out = tmp_path / "gpu"
+    proc = bench("profile", "--device", "cuda", "--op", "conv2d", "--impl", "cudnn", "triton", "--dtype", "bfloat16",
+                 "--layout", "channels_last", "--shape", "N=8,C=64,H=28,W=28,K=64,R=3,padding=1", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ops = pd.read_csv(out / "profile.csv")
+    kernels = ops[ops["kind"] == "gpu kernel"]
+    assert set(kernels["impl"]) == {"cudnn", "triton"} and (kernels["self ms"] > 0).all()
+    assert kernels[kernels["impl"] == "triton"]["name"].str.contains("conv|gemm", case=False).any()
+    bd = pd.read_csv(out / "breakdown.csv")
+    assert (bd["compute ms"] > 0).all() and (bd["Python & gaps ms"] >= 0).all()
