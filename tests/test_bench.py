@@ -185,7 +185,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "faulty"
     t0 = time.monotonic()
     proc = bench("run", "--suite", "smoke", "--op", "conv2d", "max_pool2d", "--where", "stride=2", "--impl",
-                 "test-hang", "test-crash", "test-wrong", "test-raise", "cudnn", "--timeout", "4", "--max-seconds",
+                 "test-hang", "test-crash", "test-wrong", "test-raise", "cudnn", "--timeout", "10", "--max-seconds",
                  "0.05", "--out", out, "--no-progress", env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]
     rows = pd.read_csv(out / "results.csv", keep_default_na=False)
