@@ -5,8 +5,6 @@ Synthetic runs, no Ray, no timing: these run in the default tests."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from bench.compare import compare_runs
 from bench.report import write_report
 from bench.schema import COLUMNS, JsonlWriter, env_groups, finalize, read_rows, row_id
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = ("conv2d|N8 C32 H28 W28|K32 R3 S3|s1 p1 d1 g1 bias|float32|nchw|cuda",
          "max_pool2d|N8 C32 H28 W28|k2|s2 p0 d1 ceil=0 indices=0|float32|nchw|cuda")
 DEVICES = {"cuda-nvidia-h100-t15-torch2.11.0": "NVIDIA H100", "cuda-nvidia-l4-t7-torch2.11.0": "NVIDIA L4"}
@@ -127,9 +124,15 @@ def test_each_device_rows_are_distinct_by_target():
     assert row_id(a) != row_id(b) and row_id({"case_key": "k", "impl": "i"}) == ("k", "i", "")
 
 
-def _bench(*args):
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+def _main(argv: list[str], capsys) -> tuple[int, str]:
+    """bench's CLI in this process (no interpreter start per case): exit code and stderr."""
+    from bench.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse refuses before main's body runs
+        code = exc.code
+    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -140,13 +143,13 @@ def _bench(*args):
     (["--where", "device_name=no-such-device"], "--where device_name=no-such-device: this machine's device is"),
     (["--executor", "ray", "--profile"], "--profile runs on this machine"),
 ])
-def test_cluster_options_without_a_cluster_exit_2_and_write_nothing(tmp_path, args, message):
-    proc = _bench("run", "--suite", "smoke", "--out", tmp_path / "run", "--no-progress", *args)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1 or "usage:" in proc.stderr
+def test_cluster_options_without_a_cluster_exit_2_and_write_nothing(tmp_path, capsys, args, message):
+    code, err = _main(["run", "--suite", "smoke", "--out", tmp_path / "run", "--no-progress", *args], capsys)
+    assert code == 2 and message in err, err[-2000:]
+    assert len(err.strip().splitlines()) == 1 or "usage:" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_ab_refuses_to_pick_machines():
-    proc = _bench("ab", "HEAD", "HEAD", "--where", "device_name=x")
-    assert proc.returncode == 2 and "ab times both sides on this machine" in proc.stderr
+def test_ab_refuses_to_pick_machines(capsys):
+    code, err = _main(["ab", "HEAD", "HEAD", "--where", "device_name=x"], capsys)
+    assert code == 2 and "ab times both sides on this machine" in err
