@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -65,7 +66,6 @@ class TaskSetup:
 
     device: str
     timeout: float
-    timing_mode: str  # "perf_counter" or cuda events; the thread count is added on the node
     worker_env: tuple[tuple[str, str], ...]
     run_token: str  # names this run's compile-cache directory on each node
     warm_cache: bool
@@ -143,6 +143,7 @@ def _fault(case_key: str) -> None:
 def measure_case(case, impls: list[str], timing, seed: int, setup: TaskSetup, target: str):
     """The Ray task (a generator): ('node', where) first, then ('row', row) per implementation, ('stats', …) last."""
     from .results import make_row
+    from .runner import timing_mode
 
     where = _this_node()
     info = setup.nodes.get(where["node_id"])
@@ -155,7 +156,7 @@ def measure_case(case, impls: list[str], timing, seed: int, setup: TaskSetup, ta
     restarts, warmups = sup.restarts, len(sup.warmups)
     placement = {"node": info["label"], "device_name": info["device_name"], "env_key": info["env_key"],
                  "target": target}
-    mode = setup.timing_mode if setup.device == "cuda" else f"{setup.timing_mode},threads={info['threads']}"
+    mode = timing_mode(setup.device, info["threads"])
     for outcome in sup.measure(case, impls, timing, seed):
         yield ("row", make_row(case, outcome, mode, sup.threads or info["threads"], info["peaks"], placement))
     yield ("stats", {"restarts": sup.restarts - restarts, "warmups": sup.warmups[warmups:]})
@@ -270,13 +271,12 @@ class RayExecutor:
     def setup(self, timeout: float, warm_cache: bool) -> TaskSetup:
         from .runner import _worker_env
 
-        mode = "cuda-events,l2-flush,sleep-prefix" if self.device == "cuda" else "perf_counter"
         nodes = {k: {"label": n.label, "device_name": n.device_name, "env_key": n.env_key, "threads": n.threads,
                      "peaks": n.env.get("peaks")} for k, n in self.nodes.items()}
         # CUDA_VISIBLE_DEVICES is Ray's to set on each node, never the driver's
         worker_env = tuple((k, v) for k, v in _worker_env() if k != "CUDA_VISIBLE_DEVICES")
         self.token = uuid.uuid4().hex[:12]
-        return TaskSetup(self.device, timeout, mode, worker_env, self.token, warm_cache, nodes)
+        return TaskSetup(self.device, timeout, worker_env, self.token, warm_cache, nodes)
 
     def _submit(self, task, att: Attempt, timing, seed: int, setup: TaskSetup):
         allowed = [n for n in att.nodes if n not in att.tried] or list(att.nodes)
@@ -290,8 +290,9 @@ class RayExecutor:
         ray = self.ray
         task = ray.remote(max_retries=0, num_returns="streaming")(measure_case)
         pending: dict = {}
+        groups = self.groups()
         for case in cases:
-            for target, nodes in self.groups().items():
+            for target, nodes in groups.items():
                 impls = todo(case, target)
                 if impls:
                     att = Attempt(case, list(impls), target, nodes)
@@ -326,8 +327,8 @@ class RayExecutor:
                 ray.cancel(gen, force=True)
         self.timings["cases_s"] = round(time.perf_counter() - t0, 3)
         if self.gaps:  # per-case overhead of the Ray path: a slot idle between one case's end and the next's start
-            g = sorted(self.gaps)
-            self.timings["slot_idle_s"] = {"median": round(g[len(g) // 2], 4), "max": round(g[-1], 4), "n": len(g)}
+            self.timings["slot_idle_s"] = {"median": round(statistics.median(self.gaps), 4),
+                                           "max": round(max(self.gaps), 4), "n": len(self.gaps)}
         return interrupted, stopped
 
     def _advance(self, gen, att: Attempt, emit):

@@ -379,6 +379,19 @@ def select(args) -> list:
     return [Case("train_step", TrainProblem(args.model, args.batch, args.optimizer, dtype), args.device)]
 
 
+def profile_timed(case, timed: dict, out: Path, calls: int | None = None, announce=lambda name: None) -> list[dict]:
+    """Profile each validated, warmed-up implementation of ``case`` (name → bench.measure.Prepared); a profiler
+    failure costs that profile, never the others. ``announce(name)`` before each (the worker's watchdog)."""
+    summaries = []
+    for name, p in timed.items():
+        announce(name)
+        try:
+            summaries.append(profile_call(case, name, p.sampler.fn, out, calls or auto_calls(p.call_ms)))
+        except Exception as exc:  # noqa: BLE001
+            summaries.append(not_profiled(case, name, "error", f"profiling failed: {type(exc).__name__}: {exc}", out))
+    return summaries
+
+
 def profile_cases(cases: list, impls: list[str], out: Path, timing, seed: int = 0,
                   calls: int | None = None, log=print) -> list[dict]:
     """Validate and warm up every implementation on each case (as bench run does), then profile the correct ones."""
@@ -388,16 +401,11 @@ def profile_cases(cases: list, impls: list[str], out: Path, timing, seed: int = 
     for case in cases:
         failed = []
         ready = prepare_case(case, impls, timing, seed, report=failed.append)
-        for o in failed:
-            summaries.append(not_profiled(case, o.impl, o.status, o.error, out))
-        for name, p in ready.items():
-            try:
-                s = profile_call(case, name, p.sampler.fn, out, calls or auto_calls(p.call_ms))
-            except Exception as exc:  # noqa: BLE001 — a profiler failure costs that profile, not the others
-                s = not_profiled(case, name, "error", f"profiling failed: {type(exc).__name__}: {exc}", out)
+        summaries += [not_profiled(case, o.impl, o.status, o.error, out) for o in failed]
+        for s in profile_timed(case, ready, out, calls):
             summaries.append(s)
-            log(f"{case.key} {name}: " + (f"{s['wall ms']:.3g} ms per call, {s['calls']} calls → {s['trace']}"
-                                           if s["status"] == "ok" else f"{s['status']}: {s['reason']}"))
+            log(f"{case.key} {s['impl']}: " + (f"{s['wall ms']:.3g} ms per call, {s['calls']} calls → {s['trace']}"
+                                                if s["status"] == "ok" else f"{s['status']}: {s['reason']}"))
     return summaries
 
 

@@ -105,7 +105,7 @@ class Links(list):
     """A report section of (text, relative path) links: rendered as a Markdown list and HTML anchors."""
 
 
-def profile_links(run_dir: Path, breakdown: Path) -> Links:
+def profile_links(breakdown: Path) -> Links:
     """profile.md and the Chrome trace of every profiled case × implementation, relative to the run directory."""
     table = pd.read_csv(breakdown)
     links = Links([("profile.md: breakdown and operator tables of every profiled case", "profile.md")])
@@ -156,7 +156,7 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
     if charts.plot_profile_split(breakdown, plots / "train_step_profile.png"):
         sections.append(("Profiled training steps", plots / "train_step_profile.png"))
     if breakdown.exists():
-        sections.append(("Profiles: tables and traces", profile_links(run_dir, breakdown)))
+        sections.append(("Profiles: tables and traces", profile_links(breakdown)))
     for png in history_plots(env, plots):
         sections.append((f"History: {png.stem.split('-')[-2]}", png))
     ran = frame[frame["status"] == "ok"]
@@ -257,19 +257,14 @@ def split_by_device(run_dir: Path, env: dict) -> list[Path]:
     directory per environment, ``DIR/by-device/<env key>/``: that environment's rows, and env.json with the
     node's environment under the run's own fields — so compare, history, baseline and report each take one."""
     rows = read_jsonl(run_dir / "results.jsonl")
-    own, dirs = device_key(env), []
-    by_key: dict[str, list[dict]] = {}
-    for r in rows:
-        by_key.setdefault(r.get("env_key") or own, []).append(r)
-    nodes = {}
-    for node in (env.get("nodes") or {}).values():
-        nodes.setdefault(node.get("env_key") or device_key(node), node)
-    for key, part in by_key.items():
+    dirs = []
+    for key, (node, frame) in env_groups(env, pd.DataFrame(rows)).items():
+        part = [rows[i] for i in frame.index]  # the rows as written, not as a frame round-trips them
         sub = run_dir / "by-device" / key
         sub.mkdir(parents=True, exist_ok=True)
-        node = nodes.get(key, env)
         sub_env = {**env, **{k: v for k, v in node.items() if k not in ("start", "end", "argv", "suite", "warnings")},
-                   "nodes": {k: n for k, n in (env.get("nodes") or {}).items() if (n.get("env_key") or "") == key},
+                   "nodes": {k: n for k, n in (env.get("nodes") or {}).items()
+                             if (n.get("env_key") or device_key(n)) == key},
                    "split_from": str(run_dir), "env_key": key}
         (sub / "results.jsonl").unlink(missing_ok=True)
         writer = JsonlWriter(sub / "results.jsonl")

@@ -36,7 +36,7 @@ def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int, peaks
                   host_us=_num(outcome.host_us, 4), pct_peak="",
                   provenance=json.dumps(outcome.provenance, sort_keys=True, default=str) if outcome.provenance else "",
                   node="", device_name="", env_key="", target="")
-    extras.update({k: v for k, v in (placement or {}).items() if k in ("node", "device_name", "env_key", "target")})
+    extras.update(placement or {})
     if outcome.instructions is not None:
         row["timing_mode"] = timing_mode
     if outcome.status == "ok" and outcome.times_ms:

@@ -78,6 +78,11 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), cores - 1))
 
 
+def timing_mode(device: str, threads: int) -> str:
+    """The rows' ``timing_mode`` (before ``loops=``): how a sample is taken on this device."""
+    return "cuda-events,l2-flush,sleep-prefix" if device == "cuda" else f"perf_counter,threads={threads}"
+
+
 def default_out(device: str) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return Path("results") / "runs" / f"{stamp}-{socket.gethostname()}-{device}"
@@ -225,12 +230,12 @@ def run(opts: RunOptions) -> int:
     rows = list(previous)
     if cluster is not None:
         return _run_ray(opts, cluster, cases, impls, timing, out, env, done, rows)
-    timing_mode = "cuda-events,l2-flush,sleep-prefix" if opts.device == "cuda" else f"perf_counter,threads={threads}"
+    mode = timing_mode(opts.device, threads)
     writer = JsonlWriter(out / "results.jsonl")
     cache_dir = None
     if opts.metric == "instructions":
         supervisor = InstructionSupervisor(out, opts.device, opts.timeout)
-        timing_mode = "callgrind,instructions-per-call,arch=x86-64-v3"
+        mode = "callgrind,instructions-per-call,arch=x86-64-v3"
     else:
         cache_env, env["compile_cache"], cache_dir = compile_caches(opts.warm_cache)
         supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env() + cache_env,
@@ -247,7 +252,7 @@ def run(opts: RunOptions) -> int:
             todo = [n for n in impls if (case.key, n, "") not in done]
             statuses = []
             for outcome in supervisor.measure(case, todo, timing, opts.seed) if todo else ():
-                row = make_row(case, outcome, timing_mode, supervisor.threads or threads, env.get("peaks"), placement)
+                row = make_row(case, outcome, mode, supervisor.threads or threads, env.get("peaks"), placement)
                 writer.write(row)
                 rows.append(row)
                 statuses.append(f"{outcome.impl}={outcome.status}")

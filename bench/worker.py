@@ -75,16 +75,9 @@ def _profiler(run_dir: str, phase):
     """run --profile: profile each implementation timed ok on a case (bench/profile.py) into the run directory."""
     from pathlib import Path
 
-    from .profile import auto_calls, not_profiled, profile_call
+    from .profile import profile_timed
 
-    def after(case, timed) -> None:
-        for name, p in timed.items():
-            phase(name, "profile")
-            try:
-                profile_call(case, name, p.sampler.fn, Path(run_dir), auto_calls(p.call_ms))
-            except Exception as exc:  # noqa: BLE001 — a profiler failure costs that profile, never the row
-                not_profiled(case, name, "error", f"profiling failed: {type(exc).__name__}: {exc}", Path(run_dir))
-    return after
+    return lambda case, timed: profile_timed(case, timed, Path(run_dir), announce=lambda name: phase(name, "profile"))
 
 
 def warm_up_process(device: str, impls: list[str], phase=lambda name: None) -> dict[str, float]:
