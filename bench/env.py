@@ -64,18 +64,72 @@ def _cpu() -> dict:
             "capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def nvml_uuid(props) -> str | None:
+    """The device's UUID as NVML spells it ("GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx") from torch's device
+    properties (``uuid``: a ``torch._C._CUuuid`` whose ``bytes`` are the 16 raw bytes and whose str() is the
+    8-4-4-4-12 hex form without a prefix); None where torch gives none (an old torch, an all-zero UUID)."""
+    uuid = getattr(props, "uuid", None)
+    if uuid is None:
+        return None
+    raw = getattr(uuid, "bytes", None)
+    if raw is not None and len(raw) == 16:
+        h = bytes(raw).hex()
+        text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    else:
+        text = str(uuid).strip()
+    if not text.strip("-0") or text.strip("-0").upper() in ("GPU", "MIG"):
+        return None
+    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+
+
+def _nvml_handle(nv, props):
+    """NVML's handle of the device torch runs on, and the UUID it was found by: by the device's UUID, which holds
+    whatever CUDA_VISIBLE_DEVICES says (an index, a list, or UUIDs as Ray and other schedulers set it) — tried as a
+    MIG instance's ("MIG-…", whose clocks and power are its GPU's) when no GPU has it; by the index in
+    CUDA_VISIBLE_DEVICES only where torch gives no UUID."""
+    def by_uuid(text: str):
+        try:
+            return nv.nvmlDeviceGetHandleByUUID(text)
+        except TypeError:  # an old pynvml that takes bytes only
+            return nv.nvmlDeviceGetHandleByUUID(text.encode())
+
+    uuid = nvml_uuid(props)
+    if uuid is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+        return nv.nvmlDeviceGetHandleByIndex(int(visible)), None
+    try:
+        return by_uuid(uuid), uuid
+    except Exception:
+        if not uuid.startswith("GPU-"):
+            raise
+        mig = f"MIG-{uuid[4:]}"
+        try:
+            h = by_uuid(mig)
+        except Exception:  # noqa: BLE001 — not a MIG instance either: NVML's error about the GPU UUID
+            pass
+        else:
+            parent = getattr(nv, "nvmlDeviceGetDeviceHandleFromMigDeviceHandle", None)
+            return (parent(h) if parent is not None else h), mig
+        raise
+
+
 def gpu_telemetry() -> dict | None:
-    """Name, driver, clocks, power, temperature and throttle reasons of GPU 0 via NVML; None without a GPU."""
+    """Name, driver, clocks, power, temperature and throttle reasons of the current GPU via NVML; None without a
+    GPU. The NVML device is found by the UUID torch reports for it (``nvml_uuid``)."""
     if not torch.cuda.is_available():
         return None
-    info = {"name": torch.cuda.get_device_name(0),
-            "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-            "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)}
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    info = {"name": torch.cuda.get_device_name(index),
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(index))),
+            "memory_gib": round(props.total_memory / 2**30, 1)}
     try:
         import pynvml as nv
 
         nv.nvmlInit()
-        h = nv.nvmlDeviceGetHandleByIndex(int(os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or 0))
+        h, uuid = _nvml_handle(nv, props)
+        if uuid is not None:
+            info["uuid"] = uuid
         info.update(
             driver=nv.nvmlSystemGetDriverVersion(),
             sm_clock_mhz=nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),

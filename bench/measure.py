@@ -30,6 +30,7 @@ from .timing import (
     summarize,
     synchronize,
     time_interleaved,
+    wall_timed,
     warm_up,
 )
 from .train import train_call
@@ -56,6 +57,21 @@ class Expected:
     grad_out: torch.Tensor | None = None
 
 
+def make_grad_out(case: Case, tensors: dict) -> torch.Tensor:
+    """The fixed output gradient ``dy`` a conv2d_backward case hands every implementation (and the oracle): drawn
+    from N(0, 1) in float64 on the CPU from ``GRAD_SEED`` (bit-identical on every device and for every seed of the
+    inputs), in the shape of the conv's output, cast to the dtype of ``tensors["input"]`` (the case's inputs, from
+    ``problem.make_inputs``), on the case's device, and in the memory format the forward's output has:
+    channels_last for a channels_last problem — in training, dy comes from the next layer's backward in y's layout,
+    so a timed backward must not pay an NCHW→NHWC copy of dy that training never makes."""
+    p = case.problem
+    gen = torch.Generator().manual_seed(GRAD_SEED)
+    dy = torch.randn(p.output_shape, generator=gen, dtype=torch.float64).to(case.device, tensors["input"].dtype)
+    if case.layout == "channels_last":
+        dy = dy.contiguous(memory_format=torch.channels_last)
+    return dy
+
+
 def expected_for(case: Case, seed: int) -> Expected:
     p = case.problem
     if case.op == "train_step":  # checked per implementation, step by step, inside train_agreement
@@ -69,8 +85,7 @@ def expected_for(case: Case, seed: int) -> Expected:
     if case.op == "conv2d_backward":
         leaves = [v.requires_grad_(True) for v in ref.values() if v is not None]
         out = oracle.conv2d(ref["input"], ref["weight"], ref["bias"], **p.kwargs())
-        gen = torch.Generator().manual_seed(GRAD_SEED)
-        grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(case.device, tensors["input"].dtype)
+        grad_out = make_grad_out(case, tensors)
         grads = torch.autograd.grad(out, leaves, grad_out.double())
         return Expected(tensors, grads=grads, grad_out=grad_out)
     raise ValueError(f"measure: op {case.op!r} has no oracle here")
@@ -80,12 +95,13 @@ def fresh_inputs(case: Case, seed: int, requires_grad: bool) -> dict:
     return case.problem.make_inputs(case.device, seed, requires_grad=requires_grad)
 
 
-def build_call(impl, case: Case, seed: int,
-               expected: Expected) -> tuple[Callable[[], object], Callable[[object], Check]]:
-    """The zero-argument callable to time for this (impl, case), and how to check what it returns."""
+def build_call(impl, case: Case, seed: int, expected: Expected,
+               phase: Callable[[str], None] | None = None) -> tuple[Callable[[], object], Callable[[object], Check]]:
+    """The zero-argument callable to time for this (impl, case), and how to check what it returns. ``phase(stage)``
+    announces each long step of the setup (a train_step case's checked steps, one watchdog phase each)."""
     p, dtype = case.problem, case.dtype
     if case.op == "train_step":
-        return train_call(impl, case, seed)
+        return train_call(impl, case, seed, phase=phase)
     if case.op == "conv2d":
         t = fresh_inputs(case, seed, False)
         kw = p.kwargs()
@@ -149,7 +165,7 @@ class Outcome:
     warning: str = ""
     instructions: float | None = None  # Callgrind count per call (run --metric instructions)
     provenance: dict | None = None  # what the implementation said it ran (kernels.note facts), for the row
-    host_us: float | None = None  # GPU: back-to-back wall time per call minus device time
+    host_us: float | None = None  # GPU: back-to-back wall time per call minus device time (not for wall-timed rows)
 
 
 def _what_ran(first, *others) -> kernels.Record:
@@ -211,7 +227,8 @@ def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
         phase(name, "validate")
         try:
             with kernels.recording() as setup:  # inputs (and, for backward and train rows, what they need)
-                call, verify = build_call(impl, case, seed, expected)
+                call, verify = build_call(impl, case, seed, expected,
+                                          phase=lambda stage, name=name: phase(name, stage))
             # compile_s starts here, on existing inputs: the first timed-callable call compiles / autotunes
             t0 = time.perf_counter()
             with kernels.recording() as first:
@@ -239,22 +256,42 @@ def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
         except Exception as exc:  # noqa: BLE001
             report(Outcome(name, "error", _describe(exc), backend, max_abs_err=abs_err, max_rel_err=rel_err))
             continue
-        sampler = Sampler(name, call, calibrate_loops(call_ms, case.device, timing.target_sample_ms))
-        if case.device == "cuda":
-            sampler.host_ms = min(enqueue_ms(call) for _ in range(3))
+        sampler = make_sampler(name, call, case, call_ms, timing)
         ready[name] = Prepared(sampler, Outcome(name, "ok", "", backend, max_abs_err=abs_err, max_rel_err=rel_err,
                                                 provenance=facts), first_s, call_ms)
     return ready
 
 
+def make_sampler(name: str, call: Callable[[], object], case: Case, call_ms: float, timing: Timing) -> Sampler:
+    """The timing state of a validated, warmed-up ``call`` (``call_ms``: its fastest warm-up call). A GPU
+    train_step is timed as a training loop runs (``bench.timing.wall_timed``): wall time of back-to-back steps,
+    synchronised at the end, looped so a sample lasts ``target_sample_ms`` (at least MIN_WALL_STEPS steps); any other
+    GPU call is device time between CUDA events, its host time measured here to size the sleep before each
+    sample."""
+    wall = wall_timed(case.op, case.device)
+    sampler = Sampler(name, call, calibrate_loops(call_ms, case.device, timing.target_sample_ms, wall=wall),
+                      wall=wall)
+    if case.device == "cuda" and not wall:
+        sampler.host_ms = min(enqueue_ms(call) for _ in range(3))
+    return sampler
+
+
 def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 0,
                  phase: Callable[[str, str], None] = lambda impl, stage: None,
                  report: Callable[[Outcome], None] = lambda o: None,
-                 after_timing: Callable[[Case, dict[str, Prepared]], None] | None = None) -> None:
+                 after_timing: Callable[[Case, dict[str, Prepared]], None] | None = None,
+                 profile: bool | None = None) -> None:
     """Validate every implementation on ``case``, then time the correct ones interleaved; ``report`` each outcome
     as soon as it is final; ``phase(impl, stage)`` announces what is about to run (the parent's watchdog).
     ``after_timing(case, timed)``: called once every row is final, with the implementations timed ok (run --profile:
-    the profiler never sees a timed sample, and its calls never become one)."""
+    the profiler never sees a timed sample, and its calls never become one).
+
+    After timing, each implementation makes one more call (did the timed calls run the steady state?) and, on a GPU,
+    its ``host_us`` is measured — before any torch.profiler session of the case, so that no profiler state (CUPTI
+    initialised, re-initialised after a CUDA-graph capture) is in it. ``profile``: also label each GPU row with the
+    kernels one steady call launches (``gpu_kernels`` in its provenance, a torch.profiler session per row); by
+    default only when ``after_timing`` is given, i.e. under ``run --profile``."""
+    profile = after_timing is not None if profile is None else profile
     ready = prepare_case(case, impl_names, timing, seed, phase, report)
     if not ready:
         return
@@ -265,25 +302,23 @@ def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
         for p in ready.values():
             report(Outcome(p.outcome.impl, "error", f"during timing: {_describe(exc)}", p.outcome.backend))
         return
+    to_label: list[Prepared] = []  # GPU rows that get their kernels named once every host_us is measured
     for p in ready.values():
         sampler, outcome = p.sampler, p.outcome
         impl = kernels.get(outcome.impl)
         try:
+            phase(outcome.impl, "steady-state check")
             with kernels.recording() as after:  # one more call: did the timed calls run the steady state?
-                kernels_ran = gpu_kernels(sampler.fn) if case.device == "cuda" else None
-                if kernels_ran is None:
-                    sampler.fn()
-                    synchronize(case.device)
+                sampler.fn()
+                synchronize(case.device)
             unsteady = impl.steady_state_problem(after)
-            if kernels_ran:
-                outcome.provenance = {**(outcome.provenance or {}), "gpu_kernels": kernels_ran}
         except Exception as exc:  # noqa: BLE001
             unsteady = f"the call after timing failed: {_describe(exc)}"
         if unsteady:
             report(Outcome(outcome.impl, "error", unsteady, outcome.backend, provenance=outcome.provenance))
             continue
         stats = summarize(sampler.samples_ms)
-        if case.device == "cuda":  # the host cost the device time leaves out
+        if case.device == "cuda" and not sampler.wall:  # the host cost the device time leaves out
             calls = max(3, min(200, int(200 / max(stats.median_ms, 1e-3))))
             outcome.host_us = host_overhead_us(back_to_back_ms(sampler.fn, case.device, calls), stats.median_ms)
         outcome.times_ms = tuple(sampler.samples_ms)
@@ -294,6 +329,17 @@ def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
             outcome.warning = f"noisy: IQR is {stats.spread:.0%} of the median"
         if retried:
             outcome.warning = "; ".join(filter(None, [outcome.warning, "re-timed once after a noisy first attempt"]))
+        if profile and case.device == "cuda":
+            to_label.append(p)
+            continue
+        report(outcome)
+        timed[outcome.impl] = p
+    for p in to_label:  # the profiler comes after every measurement of the case
+        outcome = p.outcome
+        phase(outcome.impl, "profile kernels")
+        kernels_ran = gpu_kernels(p.sampler.fn)
+        if kernels_ran:
+            outcome.provenance = {**(outcome.provenance or {}), "gpu_kernels": kernels_ran}
         report(outcome)
         timed[outcome.impl] = p
     if after_timing is not None and timed:
@@ -331,7 +377,7 @@ def time_case(samplers: list[Sampler], device: str, timing: Timing, phase) -> bo
     if worst(samplers) <= NOISY_IQR:
         return False
     time.sleep(0.5)
-    again = [Sampler(s.name, s.fn, s.loops, host_ms=s.host_ms) for s in samplers]
+    again = [Sampler(s.name, s.fn, s.loops, host_ms=s.host_ms, wall=s.wall) for s in samplers]
     time_interleaved(again, device, timing, on_sample=lambda name: phase(name, "time"))
     if worst(again) < worst(samplers):
         for old, new in zip(samplers, again):

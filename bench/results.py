@@ -10,6 +10,7 @@ from .measure import Outcome
 from .peaks import pct_peak
 from .schema import COLUMNS, EXTRA_COLUMNS, FAILED, STATUSES  # noqa: F401 — re-exported for callers of results
 from .stats import summarize
+from .timing import WALL_TIMING_MODE, wall_timed
 
 
 def _num(v: float | None, digits: int = 6):
@@ -24,7 +25,10 @@ def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int, peaks
     gflops = flops / median time, gbps = compulsory bytes / median time, images_per_s = images / median time;
     pct_peak = share of the roof that bounds the row, from the measured ``peaks`` (bench/peaks.py) of the machine
     that ran it. ``placement``: where it ran — node, device_name, env_key (bench.schema.device_key of that
-    machine's environment) and target (see bench.schema.row_id)."""
+    machine's environment) and target (see bench.schema.row_id). ``timing_mode``: how the run takes a sample on its
+    device; a row the device times otherwise says so (a GPU training step: ``WALL_TIMING_MODE``)."""
+    if outcome.instructions is None and wall_timed(case.op, case.device):
+        timing_mode = WALL_TIMING_MODE
     row = dict(op=case.op, impl=outcome.impl, device=case.device, backend=outcome.backend, dtype=case.dtype,
                layout=case.layout, **case.columns(), status=outcome.status, error=outcome.error)
     flops, nbytes = case.flops(), case.bytes_moved()

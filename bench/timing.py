@@ -9,6 +9,10 @@ measured host time (×1.5 + 20 µs), so the host work of the call (Python dispat
 Dynamo guards) is enqueued while the device sleeps and does not land inside the event window: the sample is
 device time. The host cost is reported apart: ``host_us`` = wall time per call of back-to-back calls minus the
 median device time (what a training loop of this call would lose to the host).
+A GPU training step (``wall_timed``) is the exception: its figure is what a training loop gets, so a sample is the
+wall time of ``loops`` back-to-back steps, synchronised once before and once at the end (loops calibrated like the
+CPU's, at least ``MIN_WALL_STEPS``), with no sleep and no L2 flush: the host work of a step counts, and an eager
+step and a CUDA-graph replay differ by exactly what the host saves (``WALL_TIMING_MODE`` in the row).
 
 Implementations are sampled in rounds — one sample of each per round, the order rotating every round — so that
 slow drifts of the machine (thermal, frequency, neighbours) hit all of them alike.
@@ -27,6 +31,17 @@ import torch
 
 from .stats import NOISY_IQR, median_ci, summarize  # noqa: F401 — re-exported
 from .suites import Timing
+
+#: GPU training steps: the fewest back-to-back steps in one wall-clock sample
+MIN_WALL_STEPS = 3
+#: the rows' ``timing_mode`` (before ``loops=``) of wall-timed GPU rows (``wall_timed``)
+WALL_TIMING_MODE = "wall-clock,back-to-back,cuda-sync-at-end"
+
+
+def wall_timed(op: str, device: str) -> bool:
+    """Whether a case is timed as wall time of back-to-back calls synchronised at the end rather than between CUDA
+    events: a training step on a GPU (on the CPU every sample is wall time already)."""
+    return op == "train_step" and device == "cuda"
 
 
 def synchronize(device: str) -> None:
@@ -109,6 +124,7 @@ class Sampler:
     spent_s: float = 0.0
     done: bool = False
     host_ms: float = 0.0  # GPU: host time to enqueue one call, sizes the sleep before each sample
+    wall: bool = False  # GPU: wall time of ``loops`` back-to-back calls, synchronised at the end (see wall_timed)
 
 
 def warm_up(fn: Callable[[], object], device: str, warmup_ms: float) -> float:
@@ -125,17 +141,21 @@ def warm_up(fn: Callable[[], object], device: str, warmup_ms: float) -> float:
     return best
 
 
-def calibrate_loops(call_ms: float, device: str, target_sample_ms: float) -> int:
+def calibrate_loops(call_ms: float, device: str, target_sample_ms: float, wall: bool = False) -> int:
     """CPU: repeat short calls so a sample is long against timer resolution and scheduler noise. GPU: one call per
-    sample (events time the device, and the L2 flush must sit between calls)."""
-    if device == "cuda":
+    sample (events time the device, and the L2 flush must sit between calls), except ``wall``-timed calls (a
+    training step), repeated like the CPU's and at least MIN_WALL_STEPS times."""
+    if device == "cuda" and not wall:
         return 1
-    return int(min(10_000, max(1, math.ceil(target_sample_ms / max(call_ms, 1e-4)))))
+    loops = int(min(10_000, max(1, math.ceil(target_sample_ms / max(call_ms, 1e-4)))))
+    return max(MIN_WALL_STEPS, loops) if device == "cuda" else loops
 
 
 def take_sample(sampler: Sampler, device: str, flush: L2Flush | None, clock: SleepClock | None = None) -> float:
     """One sample in ms per call."""
     fn, loops = sampler.fn, sampler.loops
+    if device == "cuda" and sampler.wall:  # a training loop's figure: its host work counts, nothing sleeps
+        return back_to_back_ms(fn, device, loops)
     if device == "cuda":
         if flush is not None:
             flush()
@@ -164,8 +184,9 @@ def converged(samples: list[float], timing: Timing) -> bool:
 def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
                      on_sample: Callable[[str], None] | None = None) -> None:
     """Sample every implementation in rotating rounds until each has converged or used its budget."""
-    flush = L2Flush() if device == "cuda" else None
-    clock = SleepClock() if device == "cuda" else None
+    events = device == "cuda" and any(not s.wall for s in samplers)  # wall-timed samples need neither
+    flush = L2Flush() if events else None
+    clock = SleepClock() if events else None
     gc_was = gc.isenabled()
     gc.disable()
     try:

@@ -16,7 +16,17 @@ from reference.agreement import train_agreement
 
 from .cases import Case
 
-TRAIN_CHECK_STEPS = 5  # train_step cases: steps checked against the float64 reference before timing
+TRAIN_CHECK_STEPS = 5  # train_step cases: steps checked against the float64 reference before timing …
+TRAIN_CHECK_STEPS_LARGE = 2  # … and above this batch, fewer: each step costs a float64 reference step
+TRAIN_CHECK_LARGE_BATCH = 256
+
+
+def train_check_steps(batch: int) -> int:
+    """Steps of a train_step case checked against the float64 reference: TRAIN_CHECK_STEPS (5) up to batch
+    TRAIN_CHECK_LARGE_BATCH (256), TRAIN_CHECK_STEPS_LARGE (2) above. Two steps still check a first update and one
+    from the optimizer state it left (momentum, Adam's moments), the part of a step a first step cannot show;
+    a float64 reference step grows with the batch (on a CPU ~2.7 s at 256, ~43 s at 4096)."""
+    return TRAIN_CHECK_STEPS if batch <= TRAIN_CHECK_LARGE_BATCH else TRAIN_CHECK_STEPS_LARGE
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor],
@@ -65,23 +75,29 @@ class FirstCallTimer:
 
 class TrainCall:
     """A train_step case's timed callable: the implementation's (wrapped) step, already checked for
-    TRAIN_CHECK_STEPS steps against the float64 reference; its first call returns that agreement's verdict.
-    ``first_step_s``: the wall time of the first step call, the first checked one (compilation / graph capture
-    included)."""
+    ``train_check_steps(batch)`` steps against the float64 reference (computed on the implementation's device);
+    its first call returns that agreement's verdict. ``first_step_s``: the wall time of the first step call, the
+    first checked one (compilation / graph capture included). ``phase(stage)`` is told "validate step k/n" before
+    each checked step, so each is a watchdog phase of its own (the worker's per-phase deadline)."""
 
-    def __init__(self, impl, case: Case, seed: int) -> None:
+    def __init__(self, impl, case: Case, seed: int, phase: Callable[[str], None] | None = None) -> None:
         p = case.problem
         timer: FirstCallTimer | None = None
+        self.steps = steps = train_check_steps(p.batch)
 
         def wrap(step, model, optimizer):
             nonlocal timer
             timer = FirstCallTimer(impl.wrap_train_step(step, model, optimizer, case.device))
             return timer
 
+        def on_step(k: int) -> None:
+            if phase is not None:
+                phase(f"validate step {k + 1}/{steps}")
+
         self.agreement = train_agreement(
-            impl.train_ops(), p.model, p.optimizer, steps=TRAIN_CHECK_STEPS, batch=p.batch, dtype=p.dtype,
+            impl.train_ops(), p.model, p.optimizer, steps=steps, batch=p.batch, dtype=p.dtype,
             device=case.device, seed=seed, layout=p.layout, optimizer_options=impl.optimizer_options(case.device),
-            wrap=wrap)
+            wrap=wrap, on_step=on_step)
         self.step, (self.x, self.y) = timer.step, self.agreement.batch  # the checked step, without the timer
         self.first_step_s = timer.first_s
 
@@ -89,6 +105,6 @@ class TrainCall:
         return self.step(self.x, self.y)
 
 
-def train_call(impl, case: Case, seed: int):
-    call = TrainCall(impl, case, seed)
+def train_call(impl, case: Case, seed: int, phase: Callable[[str], None] | None = None):
+    call = TrainCall(impl, case, seed, phase)
     return call, lambda _: call.agreement.check

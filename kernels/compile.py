@@ -13,6 +13,13 @@ What ran is told from inside the call (``kernels.note``): the code Inductor gene
 read as it is written (``GraphLowering.save_output_code``), so a row's backend says whether the conv was a
 generated kernel (Triton/C++ template) or handed to a library (``extern_kernels.convolution`` → oneDNN/cuDNN), and
 its facts carry Dynamo's graph, graph-break and recompile counts for the call.
+
+With CUDA graphs (``compile-max-autotune`` on a GPU) Inductor replays a captured graph that reads its inputs from
+static buffers, and copies every input that is not known to be static into them on each replay: x, w and b of a
+conv, a copy the op never makes. The tensors of a problem's first call are therefore marked static
+(``torch._dynamo.mark_static_address``, unguarded) before that call compiles, so the graph reads them in place —
+the bench times one set of tensors, call after call; another tensor of the same problem re-records the graph
+rather than recompiling. The row's facts say so (``compile.static_inputs``).
 """
 
 from __future__ import annotations
@@ -126,12 +133,36 @@ def _dynamo_counts() -> tuple[int, int]:
     return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
 
 
+#: torch.compile modes whose Inductor graphs run as CUDA graph replays on a GPU
+CUDAGRAPH_MODES = ("max-autotune", "reduce-overhead")
+
+
+def uses_cudagraphs(mode: str | None, device) -> bool:
+    """Whether torch.compile in ``mode`` replays CUDA graphs for calls on ``device``."""
+    return mode in CUDAGRAPH_MODES and device_type(device) == "cuda"
+
+
+def mark_static_inputs(tensors) -> int:
+    """Mark ``tensors`` as static inputs (``torch._dynamo.mark_static_address(t, guard=False)``, torch ≥ 2.1):
+    a CUDA graph reads them where they are instead of copying them into its own buffers on every replay; another
+    tensor in their place re-records the graph (no recompile: the address is not guarded). Returns how many were
+    marked (0 where this torch has no such call)."""
+    try:
+        from torch._dynamo import mark_static_address
+    except ImportError:
+        return 0
+    for t in tensors:
+        mark_static_address(t, guard=False)
+    return len(tensors)
+
+
 class _Counted:
     """Wraps a compiled callable: when a caller records (the bench's validation call), the call notes how many
-    graphs Dynamo compiled and how many graph breaks it hit during it; timed calls pass straight through."""
+    graphs Dynamo compiled and how many graph breaks it hit during it; timed calls pass straight through.
+    ``static_inputs``: how many inputs of its first call were marked static for CUDA graphs (a fact of the row)."""
 
-    def __init__(self, fn, mode: str | None, label: str) -> None:
-        self.fn, self.mode, self.label = fn, mode, label
+    def __init__(self, fn, mode: str | None, label: str, static_inputs: int = 0) -> None:
+        self.fn, self.mode, self.label, self.static_inputs = fn, mode, label, static_inputs
 
     def __call__(self, *args):
         if not active():
@@ -139,7 +170,11 @@ class _Counted:
         graphs0, breaks0 = _dynamo_counts()
         out = self.fn(*args)
         graphs, breaks = _dynamo_counts()
-        note(compile={"mode": self.mode or "default"})
+        facts = {"mode": self.mode or "default"}
+        if self.static_inputs:
+            facts["static_inputs"] = (f"{self.static_inputs} input(s) of the first call marked static "
+                                      f"(mark_static_address): CUDA graph replays read them in place, no copy")
+        note(compile=facts)
         if graphs > graphs0 or breaks > breaks0:  # a steady call compiles nothing and notes nothing more
             note(dynamo=[{"what": self.label, "fullgraph": True, "graphs": graphs - graphs0,
                           "graph_breaks": breaks - breaks0}])
@@ -202,15 +237,17 @@ class Compiled(Implementation):
         return None
 
     def compiled(self, factory, problem, *tensors: torch.Tensor | None):
-        """The compiled callable of ``problem``, compiling lazily on its first call."""
+        """The compiled callable of ``problem``, compiling lazily on its first call — a call on ``tensors``, which
+        are marked static first where the mode replays CUDA graphs (``mark_static_inputs``)."""
         live = [t for t in tensors if t is not None]
         key = (factory.__name__, problem, live[0].device, tuple(t.requires_grad for t in live),
                torch.is_grad_enabled())
         fn = self._cache.get(key)
         if fn is None:
             kwargs = problem.kwargs()
+            static = mark_static_inputs(live) if uses_cudagraphs(self.mode, live[0].device) else 0
             fn = _Counted(torch.compile(fresh_function(factory(kwargs)), mode=self.mode, dynamic=False,
-                                        fullgraph=True), self.mode, factory.__name__)
+                                        fullgraph=True), self.mode, factory.__name__, static)
             self._cache[key] = fn
         return fn
 

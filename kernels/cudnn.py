@@ -44,8 +44,9 @@ def conv_backend(p: ConvProblem, device) -> str:
 def library_settings(device) -> dict:
     """The settings that decide which cuDNN / oneDNN kernels run: on a GPU the cuDNN version, cudnn.benchmark
     (autotuned algorithm search), deterministic mode and whether fp32 convs may use TF32; on the CPU whether
-    oneDNN is enabled. (torch does not expose the algorithm cuDNN picks; on a GPU the bench lists the kernels a
-    steady call launched, from torch.profiler, under ``gpu_kernels``.)"""
+    oneDNN is enabled. Nothing here profiles: a torch.profiler session per row would run inside the measured
+    process before host_us. (torch does not expose the algorithm cuDNN picks; under ``run --profile`` the bench
+    lists the kernels a steady call launched, from torch.profiler after every measurement, under ``gpu_kernels``.)"""
     if device_type(device) == "cuda":
         try:
             tf32 = torch.backends.cudnn.conv.fp32_precision == "tf32"

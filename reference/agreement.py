@@ -96,13 +96,14 @@ class DecidedOracle:
     a max-pool window failing 104 of 144 conv1 weight gradients). Ties and kinks at that distance occur in ~1 %
     of steps at batch 4, and more often the larger the batch."""
 
-    def __init__(self, decisions: Sequence[tuple[str, torch.Tensor]], dtype: str) -> None:
+    def __init__(self, decisions: Sequence[tuple[str, torch.Tensor]], dtype: str, device="cpu") -> None:
         self.decisions, self.dtype, self.checks = list(decisions), dtype, []
+        self.device = torch.device(device)  # where the float64 reference computes (ReferenceTrainer.device)
 
     def _next(self, kind: str) -> torch.Tensor:
         if not self.decisions or self.decisions[0][0] != kind:
             raise RuntimeError(f"DecidedOracle: the recorded forward pass has no {kind} decision here")
-        return self.decisions.pop(0)[1].to("cpu")
+        return self.decisions.pop(0)[1].to(self.device)
 
     def _relu(self, z: torch.Tensor, what: str) -> torch.Tensor:
         passed = z * self._next("relu")  # z where the implementation's ReLU passed, 0 elsewhere
@@ -128,24 +129,28 @@ class DecidedOracle:
 
 
 class ReferenceTrainer:
-    """``model_name`` in float64 on the CPU through ``reference.oracle``, trained with the written-out cross
-    entropy and ``ReferenceOptimizer``: everything torch.optim and the implementations do, computed independently.
+    """``model_name`` in float64 on ``device`` (the CPU by default) through ``reference.oracle``, trained with the
+    written-out cross entropy and ``ReferenceOptimizer``: everything torch.optim and the implementations do,
+    computed independently. On a GPU the float64 arithmetic is IEEE double as on the CPU (only the summation order
+    differs, ~1e-16 relative), and a reference step of a large batch takes milliseconds instead of seconds.
 
     ``init_dtype``: round the initial weights to an implementation's dtype first, so that both runs start from the
     same numbers and only the arithmetic of the steps differs."""
 
     def __init__(self, model_name: str, optimizer_name: str, seed: int = 0,
-                 init_dtype: torch.dtype = torch.float64) -> None:
-        self.model = build_model(model_name, oracle, seed, init_dtype).to(torch.float64)
+                 init_dtype: torch.dtype = torch.float64, device="cpu") -> None:
+        self.device = torch.device(device)
+        # rounded to init_dtype on the CPU, widened, then moved: the same numbers on every device
+        self.model = build_model(model_name, oracle, seed, init_dtype).to(torch.float64).to(self.device)
         self.names, self.params = zip(*self.model.named_parameters())
         self.optimizer = ReferenceOptimizer(optimizer_spec(optimizer_name), self.params)
 
     def loss_and_gradients(self, x: torch.Tensor, y: torch.Tensor, ops=None
                            ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Loss and parameter gradients on (x, y), converted exactly to float64 on the CPU; no update.
+        """Loss and parameter gradients on (x, y), converted exactly to float64 on this trainer's device; no update.
         ``ops`` replaces the oracle (a ``DecidedOracle``)."""
         model = self.model if ops is None else self.model.with_ops(ops)
-        loss = cross_entropy(model(x.detach().to("cpu", torch.float64)), y.to("cpu"))
+        loss = cross_entropy(model(x.detach().to(self.device, torch.float64)), y.to(self.device))
         return loss.detach(), torch.autograd.grad(loss, self.params)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -163,7 +168,7 @@ class ReferenceTrainer:
         theirs = dict(model.named_parameters())
         with torch.no_grad():
             for n, p in zip(self.names, self.params):
-                p.copy_(theirs[n].detach().to("cpu", torch.float64))
+                p.copy_(theirs[n].detach().to(self.device, torch.float64))
         self.optimizer.load_state(optimizer, [theirs[n] for n in self.names], t)
 
 
@@ -217,7 +222,8 @@ def update_check(delta: torch.Tensor, expected: torch.Tensor, stored: torch.Tens
 def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, batch: int = 8,
                     dtype: torch.dtype | str = torch.float32, device="cpu", seed: int = 0,
                     wrap: Callable | None = None, layout: str = "nchw",
-                    optimizer_options: dict | None = None) -> TrainAgreement:
+                    optimizer_options: dict | None = None,
+                    on_step: Callable[[int], None] | None = None) -> TrainAgreement:
     """Train ``model_name`` through ``ops`` for ``steps`` steps and check every step against the float64 reference.
 
     ``dtype`` is a floating torch.dtype or a benchmark dtype name ('tf32': float32 storage, tf32 tolerance; the
@@ -225,7 +231,11 @@ def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, b
     computes the update (capturable=True for CUDA graphs; see ``make_optimizer``). ``wrap(step, model, optimizer)``
     turns the step (``plain_train_step``) into what the benchmark times (torch.compile, a CUDA-graph replay), so the
     callable checked is the callable timed; the step must leave its gradients in ``.grad``. Nothing is timed here:
-    the benchmark times the first call through ``wrap`` (``bench.train``).
+    the benchmark times the first call through ``wrap`` (``bench.train``). ``on_step(k)`` is called before checked
+    step k (0-based) starts (the benchmark's per-step watchdog phase).
+
+    The float64 reference runs on the implementation's ``device`` when that is a GPU (exact IEEE double there too,
+    and seconds per step faster at large batches than the CPU), else on the CPU.
 
     Every step k is checked from the implementation's own state (teacher forcing): the reference loads the
     parameters p_k and the optimizer state, and
@@ -254,34 +264,37 @@ def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, b
     step = plain_train_step(model, optimizer)
     if wrap is not None:
         step = wrap(step, model, optimizer)
-    reference = ReferenceTrainer(model_name, optimizer_name, seed, storage)
+    ref_device = torch.device(device) if torch.device(device).type == "cuda" else torch.device("cpu")
+    reference = ReferenceTrainer(model_name, optimizer_name, seed, storage, ref_device)
     params = dict(model.named_parameters())
 
     losses, ref_losses, decision_checks, grad_checks, update_checks = [], [], [], [], []
     for k, (x, y) in enumerate(batches):
+        if on_step is not None:
+            on_step(k)
         reference.load(model, optimizer, k)
         before = reference.parameters()
         recorder = DecisionRecorder(model.ops)
         model.with_ops(recorder)(x)  # the forward of the step, as is, to read its decisions
-        decided = DecidedOracle(recorder.decisions, problem.dtype)
+        decided = DecidedOracle(recorder.decisions, problem.dtype, ref_device)
         ref_loss, ref_grads = reference.loss_and_gradients(x, y, decided)
         decision_checks += [c if c.ok else dataclasses.replace(c, detail=f"step {k}, {c.detail}")
                             for c in decided.checks]
         loss = step(x, y)
         losses.append(loss.detach().to("cpu", torch.float64))
-        ref_losses.append(ref_loss)
+        ref_losses.append(ref_loss.to("cpu"))
         grads = []
         for pname, ref_grad in zip(reference.names, ref_grads):
             g = params[pname].grad
             if g is None:
                 raise RuntimeError(f"train_agreement: the step left no gradient in {pname}.grad; 'wrap' must keep "
                                    f"the step's gradients there")
-            grads.append(g.detach().to("cpu", torch.float64))
+            grads.append(g.detach().to(ref_device, torch.float64))
             c = check(g, ref_grad, problem.dtype)
             grad_checks.append(c if c.ok else dataclasses.replace(c, detail=f"step {k}, grad of {pname}: {c.detail}"))
         reference.optimizer.step(grads)  # the written-out update from the implementation's gradient and state
         for pname, expected in reference.parameters().items():
-            stored = params[pname].detach().to("cpu", torch.float64)
+            stored = params[pname].detach().to(ref_device, torch.float64)
             c = update_check(stored - before[pname], expected - before[pname], stored, storage)
             update_checks.append(c if c.ok else dataclasses.replace(c, detail=f"step {k}, update of {pname}: "
                                                                               f"{c.detail}"))

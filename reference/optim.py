@@ -75,14 +75,14 @@ class ReferenceOptimizer:
         self.state: list[dict[str, torch.Tensor]] = [{} for _ in self.params]
 
     def load_state(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], t: int) -> None:
-        """Copy (in float64) the state ``optimizer`` keeps for ``params`` — matched to ours by position — after
-        ``t`` steps."""
+        """Copy (in float64, on the device of our own parameters) the state ``optimizer`` keeps for ``params`` —
+        matched to ours by position — after ``t`` steps."""
         self.t = t
-        for mine, p in zip(self.state, params):
+        for mine, p, own in zip(self.state, params, self.params):
             mine.clear()
             for key, value in optimizer.state.get(p, {}).items():
                 if key != "step" and isinstance(value, torch.Tensor):
-                    mine[key] = value.detach().to("cpu", torch.float64).clone()
+                    mine[key] = value.detach().to(own.device, torch.float64).clone()
 
     @torch.no_grad()
     def step(self, grads: Sequence[torch.Tensor]) -> None:
