@@ -1,46 +1,69 @@
-"""``bench gpu``: the whole GPU window in one prepared command, trimmed to a wall-time budget.
+"""``bench gpu``: the whole GPU window in one prepared command, bounded, trimmed to a budget, returned as one archive.
 
-A session gets a GPU rarely and briefly (15 minutes of device time, start-up included, ≤ 10 minutes a command), so the
-window runs as one command that plans its phases from a cost model, runs them in order and re-plans after each one
-with the time actually left: a later phase is trimmed (fewer cases) or skipped rather than the budget overrun.
-Everything goes under ``--out`` as it happens — ``phases.json`` after every phase, each suite's rows streamed to its
-``results.jsonl`` — so a window killed half-way leaves usable results, and committing the run is one ``git add``.
+A session gets a GPU rarely and briefly (15 minutes of device time, start-up included, ≤ 10 minutes a command; only
+≤ 8 files of ≤ 16 MiB under one output folder come back, and a command killed at its limit loses its whole
+pipeline). So the window is one command that
 
-Phases (costs: ``fixed + per_unit × units`` seconds; the priors below are estimates made before any GPU window ran,
-replaced by the per-unit costs a previous window measured — its ``phases.json`` — when one is committed):
+- plans its phases from a cost model and re-plans before each one with the time really left: a later phase is
+  trimmed (fewer cases) or skipped rather than the budget overrun;
+- runs every phase in a **phase process** (``python -m bench.gpu_phases``) started in its own session and killed —
+  with everything it started — at the phase's deadline, whatever it is doing: a hung compile, a hung test, a kernel
+  that faults the CUDA context cost that phase, never the window. This process never touches the GPU;
+- writes as it goes (each suite's rows streamed to its ``results.jsonl``, test outcomes and compiles to JSON lines)
+  and after every phase rewrites ``phases.json``, ``summary.md`` and, with ``--pack FILE``, the one archive
+  (bench/pack.py); on SIGINT/SIGTERM (``timeout -s INT``) it stops the phase in flight, finishes the summary and the
+  archive, and exits;
+- is rehearsed on any CPU (``--rehearse``): the same orchestration — phase processes, deadlines, streaming,
+  packing — with CPU stand-ins for the GPU work, and faults injected with ``CONVBENCH_FAULT`` (bench/faults.py).
+
+Phases, in the order of what the project exists to show (costs: ``fixed + per_unit × units`` seconds; the priors
+below are replaced by the per-unit costs a committed window measured, its ``phases.json``):
   env        device, driver, clocks, NVML telemetry; GEMM peaks for fp32, tf32, bf16, fp16 and copy/read bandwidth
-  checks     ``pytest -m gpu`` (xdist) and, at the same time, every Triton config of every kernel specialisation
-             the run needs compiled in worker processes (fills Triton's on-disk cache for the timed run)
-  configs    every pruned autotune config of forward, dgrad and wgrad run on two ResNet-50 layers and compared with
-             an fp32 reference (not only the winner: pytorch#173068); a failing config is reported
-  suites     in priority order (the first is trimmed last): ResNet-50 bf16 channels_last forward (triton, cudnn,
-             compile); compile-max-autotune on the stride-1 3×3 layers; pooling on tensors far larger than L2; the
-             SimpleCNN bf16 train step at 256/4096; ResNet-50 backward; TF32
-  report     one report per suite and one side by side; tuned configs saved to kernels/triton/tuned/
-The run ends with a one-screen summary (``summary.md``).
-
-On a machine without a GPU ``--dry-run`` prints the plan (phase by phase, then ``estimated total: N s``); the phase
-logic is tested on the CPU with the GPU parts replaced by fakes.
+             (the suites take these peaks instead of measuring their own)
+  checks     ``pytest -m window`` (tests/test_window.py: every Triton kernel × dtype × layout with a forced config, the
+             train step, the timing helpers; autotuning off, nothing tuned is stored) while worker processes compile
+             what the planned phases will launch, in plan order, with the timed path's own operands (bench.gpu_phases)
+  configs    every pruned config of forward, dgrad and wgrad on two ResNet-50 layers, run and compared with an fp32
+             reference, in worker processes (not only the winner: pytorch#173068)
+  suites     ResNet-50 bf16 channels_last forward (triton, cudnn, compile); pooling far beyond L2; the SimpleCNN bf16
+             train step at 256/4096; ResNet-50 backward; compile-max-autotune with cudnn rows on the stride-1 3×3
+             layers; TF32 — all in ONE benchmark worker (warm-up and compiles paid once), cut at the deadline
+             inside a case if need be
+  report     one report per suite and one side by side
+The configs the suites tune are kept in the archive (``tuned.jsonl``); ``bench gpu --unpack`` merges them into
+``kernels/triton/tuned/`` here, where they are committed.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .faults import parse as parse_faults
 from .schema import UsageError, atomic_write
 
 ROOT = Path(__file__).resolve().parent.parent
 #: seconds one implementation may spend in one phase of a case (a hung kernel costs this much of the window)
 CASE_TIMEOUT_S = 90.0
-#: seconds kept back from the budget for the summary, the final writes and the slack of a phase that overruns
+#: seconds kept back from the budget for the summary, the final writes and a phase process's kill
 RESERVE_S = 20.0
+#: a phase process is told its deadline this much early, so that it ends by itself and writes its result
+CHILD_MARGIN_S = 4.0
+#: after SIGTERM, a phase process and what it started get this long before SIGKILL
+KILL_GRACE_S = 2.0
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the window: stop the phase in flight, write the summary and the archive, exit."""
 
 
 # ---- the plan -----------------------------------------------------------------------------------------------------
@@ -57,6 +80,8 @@ class Phase:
     run: Callable[[Window, int, float], dict] = field(compare=False, repr=False)
     min_units: int = 1
     required: bool = False
+    group: str = ""  # phases of one group share a phase process (the suites: one benchmark worker for all)
+    cold_s: float = 0.0  # what starting that shared process costs, paid by the first of the group to run
 
     def cost(self, units: int | None = None) -> float:
         return self.fixed_s + self.per_unit_s * (self.units if units is None else units)
@@ -77,20 +102,24 @@ class Step:
         return "full" if self.units >= self.phase.units else f"trimmed {self.units}/{self.phase.units}"
 
 
-def plan(phases: list[Phase], seconds: float) -> list[Step]:
+def plan(phases: list[Phase], seconds: float, warm: frozenset[str] = frozenset()) -> list[Step]:
     """Fit the phases into ``seconds``, in order: a phase runs whole if it fits, else as many units as the time left
-    allows (at least its min_units, else it is skipped); required phases always run whole."""
-    steps, left = [], seconds
+    allows (at least its min_units, else it is skipped); required phases always run whole. The first phase of a
+    group to run pays the group's start (``cold_s``) unless the group's process is ``warm`` already."""
+    steps, left, warm = [], seconds, set(warm)
     for i, ph in enumerate(phases):
         later_required = sum(q.cost() for q in phases[i + 1:] if q.required)
-        if ph.required or ph.cost() <= left - later_required:
+        start = ph.cold_s if ph.group and ph.group not in warm else 0.0
+        if ph.required or start + ph.cost() <= left - later_required:
             units = ph.units
-        elif ph.per_unit_s > 0 and left - later_required > ph.fixed_s:
-            units = min(ph.units, int((left - later_required - ph.fixed_s) / ph.per_unit_s))
+        elif ph.per_unit_s > 0 and left - later_required > start + ph.fixed_s:
+            units = min(ph.units, int((left - later_required - start - ph.fixed_s) / ph.per_unit_s))
             units = units if units >= ph.min_units else 0
         else:
             units = 0
-        cost = ph.cost(units) if units else 0.0
+        cost = start + ph.cost(units) if units else 0.0
+        if units and ph.group:
+            warm.add(ph.group)
         steps.append(Step(ph, units, cost))
         left -= cost
     return steps
@@ -100,8 +129,10 @@ def describe(steps: list[Step], budget: float, source: str) -> list[str]:
     lines = [f"plan for a {budget:.0f} s budget ({RESERVE_S:.0f} s reserved; costs: {source})"]
     for i, s in enumerate(steps, 1):
         p = s.phase
+        start = s.seconds - p.cost(s.units) if s.units else 0.0
         lines.append(f"  {i}. {p.name:<22} {s.seconds:6.0f} s  {s.state:<16} {p.what} "
-                     f"[{p.fixed_s:.0f} s + {p.units} × {p.per_unit_s:.2f} s]")
+                     f"[{p.fixed_s:.0f} s + {p.units} × {p.per_unit_s:.2f} s"
+                     + (f"; + {start:.0f} s to start the {p.group}' worker]" if start > 0.5 else "]"))
     total = sum(s.seconds for s in steps) + RESERVE_S
     lines.append(f"estimated total: {total:.0f} s")
     return lines
@@ -116,6 +147,7 @@ class Window:
         self.start = clock()
         self.deadline = self.start + budget
         self.records: list[dict] = []
+        self.planned: list[tuple[str, int]] = []  # the plan of the phases not run yet: (name, units), in order
 
     def left(self) -> float:
         return self.deadline - self.clock()
@@ -126,13 +158,17 @@ class Window:
         atomic_write(self.out / "phases.json", json.dumps(doc, indent=1))
 
 
-def execute(window: Window, phases: list[Phase], log=print) -> list[dict]:
+def execute(window: Window, phases: list[Phase], log=print, after=lambda window: None,
+            warm: Callable[[], frozenset[str]] = frozenset) -> list[dict]:
     """Run the phases in order, re-planning the rest with the time actually left before each one. A phase that
-    raises is recorded as failed and the window goes on; phases.json is rewritten after every phase."""
+    raises is recorded as failed and the window goes on; phases.json is rewritten and ``after(window)`` called
+    after every phase. ``Interrupted`` (a signal) ends the window: the phase in flight is recorded as interrupted,
+    the rest as not run. ``warm()``: the groups whose shared process is running now."""
     for i, ph in enumerate(phases):
         left = window.left() - RESERVE_S
-        rest = plan(phases[i:], left)
+        rest = plan(phases[i:], left, warm())
         step = rest[0]
+        window.planned = [(s.phase.name, s.units) for s in rest if s.units]
         record = {"phase": ph.name, "planned_s": round(step.seconds, 1), "units": step.units,
                   "of_units": ph.units, "state": step.state}
         if step.units == 0:
@@ -147,24 +183,51 @@ def execute(window: Window, phases: list[Phase], log=print) -> list[dict]:
             try:
                 result = ph.run(window, step.units, phase_deadline) or {}
                 record.update(status=result.pop("status", "ok"), **result)
+            except Interrupted:
+                record.update(status="interrupted", seconds=round(window.clock() - t0, 1))
+                window.records.append(record)
+                window.records += [{"phase": q.name, "status": "not run", "reason": "the window was interrupted",
+                                    "units": 0, "of_units": q.units} for q in phases[i + 1:]]
+                window.write()
+                after(window)
+                log(f"phase {ph.name}: interrupted; the window stops here")
+                raise
             except Exception as exc:  # noqa: BLE001 — one failing phase must not lose the window
                 record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:500])
             record["seconds"] = round(window.clock() - t0, 1)
-            if step.units and ph.per_unit_s:
-                record["per_unit_s"] = round(max(0.0, record["seconds"] - ph.fixed_s) / step.units, 3)
+            if step.units and ph.per_unit_s and record["status"] == "ok":
+                start = step.seconds - ph.cost(step.units)  # the group's start, when this phase paid it
+                record["per_unit_s"] = round(max(0.0, record["seconds"] - ph.fixed_s - start) / step.units, 3)
             log(f"phase {ph.name}: {record['status']} in {record['seconds']:.0f} s")
         window.records.append(record)
         window.write()
+        after(window)
     return window.records
 
 
 # ---- costs --------------------------------------------------------------------------------------------------------
-# Priors (no GPU window had run when these were set): a worker process starts in ~6 s (torch import, CUDA context);
-# a case costs its validation, its compile (triton: autotuning 7–13 configs with short timed runs; compile: Inductor
-# on a cold cache) and ~0.1 s of samples per implementation. A Triton compile of one config takes ~1.5 s of one core.
-PRIORS = {"env": (10.0, 3.0), "checks": (40.0, 0.5), "configs": (15.0, 0.15), "resnet50-bf16-fwd": (10.0, 5.0),
-          "resnet50-bf16-bwd": (10.0, 8.0), "resnet50-max-autotune": (10.0, 20.0), "resnet50-tf32": (10.0, 3.0),
-          "pool-large": (10.0, 2.0), "train": (10.0, 6.0), "report": (15.0, 0.0)}
+# Priors for an H100/H200 window, no GPU window having run yet (each a (fixed s, s per unit)); every figure is an
+# estimate from what the phase does, made pessimistic where a first window found the old ones 2–5× optimistic:
+# - a phase process starts in ~5 s (torch import, CUDA context); the suites' one worker another ~25 s at its first
+#   case (its own start, then Inductor's and Triton's warm-up on a tiny conv), paid once for all suites;
+# - checks is time-boxed: `pytest -m window` (~60–90 s on 4 xdist workers) with the precompile workers beside it,
+#   which compile as much of the plan as fits (every config of a conv is ~1.5 s of one core; all the window's convs
+#   are ~3,400 core-seconds, far more than a window holds: what is not precompiled compiles when first launched);
+# - configs: 6 (layer, part) items of ≤ 13 configs, in 6 workers, compiled already by checks when it got that far;
+# - a ResNet-50 case: float64 oracle, three validations, an Inductor compile on a cold cache, the Triton autotuner's
+#   7–13 configs, ~1.5 s of samples: ~12 s; backward ~16 s; max-autotune benchmarks Inductor's templates: ~60 s;
+# - pool-large: 205 M-element inputs drawn in float64 on the CPU (~6 s each), three implementations: ~15 s a case;
+# - train: two to five checked steps against a float64 reference on the GPU, an Inductor compile, a CUDA-graph
+#   capture: ~25 s a case.
+PRIORS = {"env": (15.0, 2.5), "checks": (100.0, 0.0), "configs": (10.0, 6.0), "suites-start": (30.0, 0.0),
+          "resnet50-bf16-fwd": (5.0, 12.0),
+          "pool-large": (5.0, 15.0), "train": (5.0, 25.0), "resnet50-bf16-bwd": (5.0, 16.0),
+          "resnet50-max-autotune": (5.0, 60.0), "resnet50-tf32": (5.0, 10.0), "report": (30.0, 0.0)}
+# Measured on a 2-vCPU VM (bench gpu --rehearse), for the rehearsal's CPU stand-ins.
+REHEARSAL_PRIORS = {"env": (6.0, 2.0), "checks": (25.0, 0.0), "configs": (6.0, 2.0), "suites-start": (11.0, 0.0),
+                    "smoke-fwd": (3.0, 2.0),
+                    "smoke-pool": (3.0, 1.5), "smoke-train": (3.0, 6.0), "smoke-bwd": (3.0, 3.0),
+                    "report": (15.0, 0.0)}
 
 
 def measured_costs(root: Path = ROOT / "results" / "gpu") -> tuple[dict, str]:
@@ -195,205 +258,305 @@ class SuiteRun:
     layouts: tuple[str, ...] | None = None
     where: tuple[tuple[str, tuple[str, ...]], ...] = ()
     compile_modes: tuple[str, ...] | None = None
+    device: str = "cuda"
 
-    def options(self, out: Path, units: int | None = None, deadline: float | None = None):
+    def options(self, out: Path, units: int | None = None, deadline: float | None = None, peaks: dict | None = None):
         from .runner import RunOptions
 
-        return RunOptions(suite=self.suite, device="cuda", impls=list(self.impls), ops=list(self.ops or []) or None,
-                          dtypes=list(self.dtypes or []) or None, layouts=list(self.layouts or []) or None,
-                          where={k: set(v) for k, v in self.where}, out=out / self.name, limit=units,
-                          deadline=deadline, warm_cache=True, report=False, progress=True, max_seconds=0.5,
-                          timeout=CASE_TIMEOUT_S,
+        return RunOptions(suite=self.suite, device=self.device, impls=list(self.impls),
+                          ops=list(self.ops or []) or None, dtypes=list(self.dtypes or []) or None,
+                          layouts=list(self.layouts or []) or None, where={k: set(v) for k, v in self.where},
+                          out=out / self.name, limit=units, deadline=deadline, warm_cache=True, report=False,
+                          progress=True, max_seconds=0.5, timeout=CASE_TIMEOUT_S, peaks=peaks,
                           compile_modes=list(self.compile_modes) if self.compile_modes else None)
 
-    def cases(self, device: str = "cuda") -> list:
+    def cases(self) -> list:
         from .select import select_cases
 
-        return select_cases(self.options(Path("."), None))
+        return select_cases(self.options(Path(".")))
 
 
 SUITE_RUNS = [
     SuiteRun("resnet50-bf16-fwd", "resnet50", ("triton", "cudnn", "compile"), ("conv2d",), ("bfloat16",),
              ("channels_last",)),
-    SuiteRun("resnet50-max-autotune", "resnet50", ("compile-max-autotune",), ("conv2d",), ("bfloat16",),
-             ("channels_last",), (("kernel_h", ("3",)), ("stride", ("1",))), compile_modes=("max-autotune",)),
     SuiteRun("pool-large", "pool-large", ("triton", "cudnn", "compile")),
     SuiteRun("train", "train", ("triton", "cudnn", "compile"), ("train_step",), ("bfloat16",)),
     SuiteRun("resnet50-bf16-bwd", "resnet50", ("triton", "cudnn", "compile"), ("conv2d_backward",), ("bfloat16",),
              ("channels_last",)),
+    SuiteRun("resnet50-max-autotune", "resnet50", ("cudnn", "compile-max-autotune"), ("conv2d",), ("bfloat16",),
+             ("channels_last",), (("kernel_h", ("3",)), ("stride", ("1",))), compile_modes=("max-autotune",)),
     SuiteRun("resnet50-tf32", "resnet50", ("triton", "cudnn"), ("conv2d",), ("tf32",), ("nchw",)),
 ]
 
-
-def precompile_items(runs=SUITE_RUNS, device: str = "cuda") -> list[tuple]:
-    """(problem, relu, parts) for every Triton conv specialisation the suites launch: forward for conv2d cases,
-    dgrad and wgrad for conv2d_backward, all three with the fused ReLU for the train step's layers."""
-    from reference import ConvProblem, TrainProblem
-
-    from .suites import simplecnn_layers
-
-    items: dict[tuple, None] = {}
-    for run in runs:
-        if "triton" not in run.impls:
-            continue
-        for case in run.cases(device):
-            p = case.problem
-            if isinstance(p, ConvProblem):
-                items[(p, False, ("forward",) if case.op == "conv2d" else ("dgrad", "wgrad"))] = None
-            elif isinstance(p, TrainProblem):
-                for layer in simplecnn_layers(p.batch):
-                    if isinstance(layer, ConvProblem):
-                        layer = layer.replace(dtype=p.dtype)
-                        items[(layer, True, ("forward", "dgrad", "wgrad"))] = None
-    return list(items)
+# The rehearsal's stand-ins: the smoke suite on the CPU (Triton checked under its interpreter, not timed).
+REHEARSAL_RUNS = [
+    SuiteRun("smoke-fwd", "smoke", ("triton", "cudnn", "im2col"), ("conv2d",), device="cpu"),
+    SuiteRun("smoke-pool", "smoke", ("triton", "cudnn"), ("max_pool2d", "avg_pool2d"), device="cpu"),
+    SuiteRun("smoke-train", "train", ("cudnn",), ("train_step",), where=(("batch", ("64",)),),
+             device="cpu"),
+    SuiteRun("smoke-bwd", "smoke", ("triton", "cudnn"), ("conv2d_backward",), device="cpu"),
+]
 
 
-def config_layers() -> list:
-    """The two ResNet-50 layers every config is checked on: a 3×3 and a 1×1, bf16 channels_last, batch 8."""
+def suite_runs(rehearse: bool) -> list[SuiteRun]:
+    return REHEARSAL_RUNS if rehearse else SUITE_RUNS
+
+
+def config_layers(rehearse: bool = False) -> list:
+    """The two layers every config is checked on: a 3×3 and a 1×1, bf16 channels_last (ResNet-50's at batch 8; the
+    rehearsal's are tiny fp32 ones, checked under the interpreter)."""
+    from reference import ConvProblem
+
     from .suites import resnet50_layers
 
+    if rehearse:
+        three = ConvProblem(N=2, C=16, H=6, W=6, K=16, R=3, S=3, padding=(1, 1), layout="channels_last")
+        return [three, three.replace(R=1, S=1, padding=(0, 0))]
     layers = [p for p, _ in resnet50_layers(8)]
     three = next(p for p in layers if p.R == 3 and p.stride == (1, 1) and p.C == 128)
     one = next(p for p in layers if p.R == 1 and p.C == 256 and p.K == 64)
     return [p.replace(dtype="bfloat16", layout="channels_last") for p in (three, one)]
 
 
-# ---- the real phases (GPU) ----------------------------------------------------------------------------------------
-def _env_phase(window: Window, units: int, deadline: float) -> dict:
-    import torch
-
-    from . import env as envmod
-    from .peaks import measure
-
-    env = envmod.capture("cuda", 1, "gpu-window", "", sys.argv[1:])
-    env["peaks"] = measure("cuda", ["float32", "tf32", "bfloat16", "float16"][:units])
-    env["gpu_telemetry"] = envmod.gpu_telemetry()
-    props = torch.cuda.get_device_properties(0)
-    env["gpu_properties"] = {"name": props.name, "sms": props.multi_processor_count,
-                             "memory_gib": round(props.total_memory / 2 ** 30, 1),
-                             "l2_mib": round(getattr(props, "L2_cache_size", 0) / 2 ** 20, 1),
-                             "capability": f"{props.major}.{props.minor}"}
-    atomic_write(window.out / "env.json", json.dumps(env, indent=2))
-    g = env["peaks"]["gemm_flops"]
-    return {"peaks_tflops": {k: round(v / 1e12, 1) for k, v in g.items()},
-            "copy_tb_s": round(env["peaks"]["copy_bytes_per_s"] / 1e12, 2)}
+CONFIG_PARTS = ("forward", "dgrad", "wgrad")
 
 
-def _precompile_one(item) -> dict:
-    """Worker: compile every config of one specialisation (runs in a spawned process, on the GPU). Nothing tuned
-    here is stored: these workers share the GPU, so any timing they did would be noise."""
-    os.environ.pop("CONVBENCH_TUNED_OUT", None)
-    os.environ["CONVBENCH_TUNED"] = "off"
-    from kernels.triton import tuning
+def precompile_items(planned: list[tuple[str, int]], rehearse: bool = False) -> list[tuple]:
+    """What the planned phases will launch, in plan order: ('config', layer, part) for the config check's layers,
+    then ('case', suite, Case) for every planned case of a suite that runs triton (its first ``units`` cases)."""
+    runs = {r.name: r for r in suite_runs(rehearse)}
+    items: list[tuple] = []
+    for name, units in planned:
+        if name == "configs":
+            items += [("config", p, part) for p in config_layers(rehearse) for part in CONFIG_PARTS]
+        elif name in runs and "triton" in runs[name].impls:
+            items += [("case", name, c) for c in runs[name].cases()[:units]]
+    return items
 
-    p, relu, parts = item
-    t0 = time.perf_counter()
-    res = tuning.precompile(p, "cuda", relu=relu, parts=parts)
-    return {**res, "seconds": time.perf_counter() - t0}
+
+# ---- what a phase left on disk (read here, without torch, also when its process was killed) ------------------------
+def row_statuses(run_dir: Path) -> dict[str, int]:
+    from .gpu_pytest import read
+
+    out: dict[str, int] = {}
+    for r in read(run_dir / "results.jsonl"):
+        out[r.get("status", "?")] = out.get(r.get("status", "?"), 0) + 1
+    return out
 
 
-def _checks_phase(window: Window, units: int, deadline: float) -> dict:
-    import concurrent.futures as cf
-    import multiprocessing as mp
+def write_configs_csv(rows: list[dict], path: Path) -> None:
+    cols = ["problem", "part", "index", "kernel", "config", "status", "max_abs_err", "max_rel_err", "error"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, cols, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "config": json.dumps(r.get("config"))})
 
-    out = window.out
-    workers = max(2, min(12, (os.cpu_count() or 4) - 4))
-    tests = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-n", "4",
-         f"--junitxml={out / 'pytest-gpu.xml'}", "tests"], cwd=ROOT, stdout=open(out / "pytest-gpu.log", "w"),
-        stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    items = precompile_items()[:units]
-    compiled, errors, done = 0, [], 0
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_precompile_one, it) for it in items]
+
+def partial(out: Path, name: str, rehearse: bool) -> dict:
+    """What a phase that did not finish had streamed to disk: its figures for the record, and its files completed
+    (junit XML of the tests that ran, configs.csv of the configs checked)."""
+    from .gpu_pytest import counts, junit, read
+
+    if name == "checks":
+        tests = read(out / "pytest.jsonl")
+        junit(tests, out / "pytest-window.xml", note="the checks phase was killed at its deadline; tests not listed "
+                                                     "did not run")
+        done = read(out / "precompile.jsonl")
+        return {"tests": counts(tests), "precompiled": {"finished": len(done), **counts(
+            [{"outcome": d.get("status", "?")} for d in done])}}
+    if name == "configs":
+        rows = [row for line in read(out / "configs.jsonl") for row in line.get("rows", [])]
+        write_configs_csv(rows, out / "configs.csv")
+        return {"configs_checked": len(rows), "failing": sum(r["status"] != "ok" for r in rows)}
+    if name in {r.name for r in suite_runs(rehearse)}:
+        return {"rows": row_statuses(out / name), "dir": name}
+    return {}
+
+
+# ---- phase processes ----------------------------------------------------------------------------------------------
+TOKEN_VAR = "CONVBENCH_WINDOW_TOKEN"
+
+
+def processes_with_token(token: str) -> list[int]:
+    """PIDs of live processes whose environment carries this window's token (what a phase process started, even in
+    another session: pytest, its xdist workers, compile pools)."""
+    needle = f"{TOKEN_VAR}={token}".encode()
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
         try:
-            for fut in cf.as_completed(futures, timeout=max(1.0, deadline - time.monotonic())):
-                r = fut.result()
-                compiled += r["configs"]
-                errors += r["errors"]
-                done += 1
-        except cf.TimeoutError:
-            for f in futures:
-                f.cancel()
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def reap(token: str, grace: float = KILL_GRACE_S) -> int:
+    """SIGKILL every process carrying ``token`` (after SIGTERM and ``grace``); returns how many were found."""
+    pids = processes_with_token(token)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + (grace if sig == signal.SIGTERM else 1.0)
+        while time.monotonic() < end and any(_alive(p) for p in pids):
+            time.sleep(0.05)
+    return len(pids)
+
+
+def _alive(pid: int) -> bool:
     try:
-        rc = tests.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        tests.kill()
-        rc = "timeout"
-    tail = (out / "pytest-gpu.log").read_text().strip().splitlines()[-1:] or [""]
-    return {"status": "ok" if rc == 0 and not errors else "failed", "pytest_rc": rc, "pytest": tail[0],
-            "precompiled_specialisations": done, "of": len(items), "compiled_configs": compiled,
-            "compile_errors": errors[:20]}
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
-def _configs_phase(window: Window, units: int, deadline: float) -> dict:
-    import pandas as pd
+class Host:
+    """A phase process: ``python -m bench.gpu_phases`` in its own session, serving phase requests (one JSON line on
+    stdin each) until stdin closes; each phase's result lands in ``out/phases/<name>.json``. ``call`` waits for
+    it up to the phase's deadline, then kills the process group and every process carrying the token."""
 
-    from kernels.triton import tuning
+    def __init__(self, out: Path, rehearse: bool, env: dict[str, str], log: Path) -> None:
+        self.out, self.token = out, uuid.uuid4().hex
+        cmd = [sys.executable, "-m", "bench.gpu_phases", "--out", str(out)] + (["--rehearse"] if rehearse else [])
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**env, TOKEN_VAR: self.token}, start_new_session=True)
 
-    rows = tuning.check_configs(config_layers(), "cuda")
-    pd.DataFrame(rows).to_csv(window.out / "configs.csv", index=False)
-    bad = [r for r in rows if r["status"] != "ok"]
-    return {"status": "ok" if not bad else "failed", "configs_checked": len(rows),
-            "failing": [f"{r['part']} {r['kernel']} {r['config']}: {r['status']} {r.get('error', '')[:80]}"
-                        for r in bad][:20]}
+    def call(self, name: str, units: int, deadline: float, planned: list[tuple[str, int]]) -> dict:
+        result = self.out / "phases" / f"{name}.json"
+        result.unlink(missing_ok=True)
+        request = {"phase": name, "units": units, "deadline": deadline - CHILD_MARGIN_S, "planned": planned}
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+            while True:
+                if result.exists():
+                    return json.loads(result.read_text())
+                code = self.proc.poll()
+                if code is not None:
+                    why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                    self.kill()
+                    return {"status": "failed", "error": f"the phase process {why} (log: {name}.log)"}
+                if time.monotonic() > deadline:
+                    reaped = self.kill()
+                    return {"status": "timeout", "error": f"killed at its deadline with {reaped} process(es) it "
+                                                          f"started"}
+                time.sleep(0.1)
+        except BrokenPipeError:
+            self.kill()
+            return {"status": "failed", "error": "the phase process was gone before its request"}
+        except BaseException:
+            self.kill()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> int:
+        """Kill the process group (SIGTERM, then SIGKILL), then every process still carrying the token; returns
+        how many processes were found beside the phase process."""
+        if self.proc.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(KILL_GRACE_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # what is left of the group once its leader is gone
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        found = reap(self.token)
+        self.log.close()
+        return found
+
+    def close(self) -> None:
+        """End the process normally (stdin closed: it returns), killing it if it does not within a few seconds."""
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+            pass
+        self.kill()
 
 
-def _suite_phase(run: SuiteRun) -> Callable[[Window, int, float], dict]:
-    def go(window: Window, units: int, deadline: float) -> dict:
-        from .runner import run as run_suite
+class Hosts:
+    """Which phase process serves which phase: suites share one (one benchmark worker for all of them) while it
+    is healthy; every other phase gets a fresh one, closed after it."""
 
-        rc = run_suite(run.options(window.out, units, deadline))
-        env = json.loads((window.out / run.name / "env.json").read_text())
-        return {"status": "ok" if rc == 0 else "failed", "rc": rc, "complete": env.get("complete"),
-                "dir": run.name}
-    return go
+    def __init__(self, out: Path, rehearse: bool, env: dict[str, str]) -> None:
+        self.out, self.rehearse, self.env = out, rehearse, env
+        self.shared: Host | None = None
+        self.suites = {r.name for r in suite_runs(rehearse)}
+
+    def run(self, name: str, window: Window, units: int, deadline: float) -> dict:
+        shared = name in self.suites
+        if not shared:
+            self.close()  # the suites' process goes when the suites are over
+        if shared and self.shared is not None and self.shared.alive():
+            host = self.shared
+        else:
+            env = dict(self.env)
+            if shared:  # what the suites tune is kept (the archive's tuned.jsonl); nothing else stores a config
+                env["CONVBENCH_TUNED_OUT"] = str(self.out / "tuned.jsonl")
+            host = Host(self.out, self.rehearse, env, self.out / "logs" / f"{'suites' if shared else name}.log")
+            if shared:
+                self.shared = host
+        result = host.call(name, units, deadline, window.planned)
+        if result.get("status") in ("timeout", "failed") and not (self.out / "phases" / f"{name}.json").exists():
+            result.update(partial(self.out, name, self.rehearse))
+        if not shared:
+            host.close()
+        elif result.get("status") in ("timeout", "failed"):
+            host.kill()
+            self.shared = None
+        return result
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+
+    def warm(self) -> frozenset[str]:
+        return frozenset({"suites"}) if self.shared is not None and self.shared.alive() else frozenset()
 
 
-def _report_phase(window: Window, units: int, deadline: float) -> dict:
-    import torch
-
-    from kernels.triton import tuning
-
-    from .report import write_reports
-
-    dirs = [window.out / r.name for r in SUITE_RUNS if (window.out / r.name / "results.csv").exists()]
-    rc = write_reports(dirs, window.out) if dirs else 2
-    saved = {}
-    lines = window.out / "tuned.jsonl"
-    if lines.exists():
-        path, added = tuning.merge(lines, torch.cuda.get_device_name(0))
-        saved = {"tuned_file": str(path.relative_to(ROOT)), "tuned_added": added}
-    return {"status": "ok" if rc == 0 else "failed", "reports": [d.name for d in dirs], **saved}
-
-
-def phases(costs: dict) -> list[Phase]:
+def phases(costs: dict, hosts: Hosts | None, rehearse: bool = False) -> list[Phase]:
     """The window's phases with their sizes and costs (sizes from the suites themselves)."""
-    def ph(name, what, units, run, **kw):
+    def ph(name, what, units, **kw):
         fixed, per = costs[name]
-        return Phase(name, what, fixed, per, units, run, **kw)
+        go = (lambda w, n, d: hosts.run(name, w, n, d)) if hosts else (lambda w, n, d: {})
+        return Phase(name, what, fixed, per, units, go, **kw)
 
-    from kernels.triton import conv
-
-    n_items = len(precompile_items())
-    n_configs = 2 * 3 * len(conv.GEMM_CONFIGS)  # at most: pruning drops the tiles that do not fit a layer
-    out = [ph("env", "device, clocks, NVML; GEMM peaks fp32/tf32/bf16/fp16, copy and read bandwidth", 4,
-              _env_phase, required=True),
-           ph("checks", f"pytest -m gpu ∥ precompile {n_items} kernel specialisations × every config", n_items,
-              _checks_phase, required=True),
-           ph("configs", "every pruned config of fwd/dgrad/wgrad on two ResNet-50 layers vs fp32", n_configs,
-              _configs_phase, min_units=n_configs)]
-    for run in SUITE_RUNS:
+    n_configs = len(config_layers(rehearse)) * len(CONFIG_PARTS)
+    out = [ph("env", ("device, clocks, NVML; GEMM peaks fp32/tf32/bf16/fp16, copy and read bandwidth" if not rehearse
+                      else "CPU stand-in: environment and fp32 peaks"), 1 if rehearse else 4, required=True),
+           ph("checks", "pytest -m window ∥ precompile what the plan launches, in plan order (time-boxed)", 1,
+              required=True),
+           ph("configs", "every pruned config of fwd/dgrad/wgrad on two layers vs an fp32 reference", n_configs,
+              min_units=n_configs)]
+    for run in suite_runs(rehearse):
         n = len(run.cases())
-        out.append(ph(run.name, f"{run.suite}: {', '.join(run.impls)}", n, _suite_phase(run),
-                      min_units=min(n, 3)))
-    out.append(ph("report", "reports (each suite and side by side), tuned configs saved, summary", 1, _report_phase,
-                  required=True))
+        out.append(ph(run.name, f"{run.suite}: {', '.join(run.impls)}", n, min_units=min(n, 3), group="suites",
+                      cold_s=costs["suites-start"][0]))
+    out.append(ph("report", "reports (each suite and side by side)", 1, required=True))
     return out
 
 
 # ---- summary ------------------------------------------------------------------------------------------------------
-def summary(out: Path, records: list[dict]) -> list[str]:
+def summary(out: Path, records: list[dict], rehearse: bool = False) -> list[str]:
     """One screen: each phase's outcome, then the headline ratios measured in this window."""
     lines = ["| phase | status | seconds | units | note |", "| --- | --- | --- | --- | --- |"]
     for r in records:
@@ -401,11 +564,11 @@ def summary(out: Path, records: list[dict]) -> list[str]:
                                                        "planned_s", "per_unit_s", "dir")}
         lines.append(f"| {r['phase']} | {r['status']} | {r.get('seconds', 0)} | {r.get('units')}/{r.get('of_units')} "
                      f"| {json.dumps(note)[:160]} |")
-    lines += [""] + headline(out)
+    lines += [""] + headline(out, rehearse)
     return lines
 
 
-def headline(out: Path) -> list[str]:
+def headline(out: Path, rehearse: bool = False) -> list[str]:
     """Geometric-mean speedups over cudnn per suite, op and implementation (the report's own ``speedups``), from
     the rows streamed so far, and the median share of peak."""
     import pandas as pd
@@ -415,11 +578,11 @@ def headline(out: Path) -> list[str]:
 
     lines = []
     col = f"geomean speedup vs {BASELINE}"
-    for run in SUITE_RUNS:
+    for run in suite_runs(rehearse):
         path = out / run.name / "results.jsonl"
         if not path.exists():
             continue
-        rows = read_jsonl(path)
+        rows = read_jsonl(path, repair=True)
         df = pd.DataFrame([r for r in rows if r.get("status") == "ok" and r.get("median_ms")])
         if df.empty or BASELINE not in set(df["impl"]):
             lines.append(f"- {run.name}: {len(rows)} rows")
@@ -436,26 +599,48 @@ def headline(out: Path) -> list[str]:
 
 
 # ---- command ------------------------------------------------------------------------------------------------------
-def default_out() -> Path:
-    import torch
-
+def run_name(device_name: str) -> str:
     from kernels.triton.tuning import device_slug
 
     from .env import utc_now
 
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no-gpu"
-    return ROOT / "results" / "gpu" / f"{device_slug(name)}-{utc_now()[:10]}"
+    return f"{device_slug(device_name)}-{utc_now()[:10]}"
+
+
+def _phase_env(out: Path, rehearse: bool) -> dict[str, str]:
+    """The environment of every phase process: one Triton cache for the window (what checks compiles, the suites
+    find), the fault state, the interpreter in a rehearsal, and nothing that stores tuned configs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CONVBENCH_TUNED_OUT",)}
+    env.setdefault("TRITON_CACHE_DIR", str(Path.home() / ".cache" / "convbench" / "gpu-triton"))
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "convbench" / "gpu-inductor"))
+    env["CONVBENCH_FAULT_STATE"] = str(out / "logs")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    if rehearse:
+        env["TRITON_INTERPRET"] = "1"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
 def gpu_command(args) -> int:
-    """``bench gpu``: plan (and with --dry-run only print) the window; else run it and print the summary."""
-    import torch
-
-    budget = args.budget
+    """``bench gpu``: plan (and with --dry-run only print) the window; else run it, print the summary, pack it.
+    ``--unpack`` restores an archive here instead."""
+    if args.unpack:
+        return unpack_command(args.unpack, args.into)
+    budget, rehearse = args.budget, args.rehearse
     if not budget or budget <= RESERVE_S + 30:
         raise UsageError(f"--budget must be more than {RESERVE_S + 30:.0f} seconds, got {budget}")
-    costs, source = measured_costs()
-    all_phases = phases(costs)
+    try:
+        parse_faults(os.environ.get("CONVBENCH_FAULT"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.pack is not None and not args.pack.name.endswith(".tar.gz"):
+        raise UsageError(f"--pack must name a .tar.gz file, got {args.pack}")
+    if args.pack is not None and not args.pack.parent.is_dir():
+        raise UsageError(f"--pack {args.pack}: the folder {args.pack.parent} does not exist")
+    costs, source = (dict(REHEARSAL_PRIORS), "rehearsal priors, measured on a 2-vCPU VM") if rehearse \
+        else measured_costs()
+    all_phases = phases(costs, None, rehearse)
     needed = sum(p.cost() for p in all_phases if p.required) + RESERVE_S
     if budget < needed:
         raise UsageError(f"--budget {budget:.0f} s is less than the required phases need ({needed:.0f} s: env, "
@@ -464,31 +649,120 @@ def gpu_command(args) -> int:
     for line in describe(steps, budget, source):
         print(line)
     if args.dry_run:
+        out = args.out or Path("/tmp/window")
+        if not rehearse:
+                print(f"on a lent machine, in the repository: timeout -s INT {int(budget + 80)} python3 -m bench gpu "
+                  f"--budget {budget:.0f} --out {out} --pack $OUT/window.tar.gz")
         return 0
-    if not torch.cuda.is_available():
-        raise UsageError("bench gpu needs a CUDA GPU (use --dry-run to print the plan on this machine)")
-    out = args.out or default_out()
+    if not rehearse:
+        import torch
+
+        if not torch.cuda.is_available():  # the parent only asks; it never creates a CUDA context
+            raise UsageError("bench gpu needs a CUDA GPU (use --dry-run to print the plan, --rehearse to rehearse "
+                             "the window on the CPU)")
+        name = run_name(torch.cuda.get_device_name(0))
+    else:
+        name = f"rehearsal-{run_name('cpu')}"
+    out = args.out or ROOT / "results" / "gpu" / name
     if (out / "phases.json").exists():
         raise UsageError(f"--out {out} already holds a GPU window; choose another directory")
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TRITON_CACHE_DIR", str(Path.home() / ".cache" / "convbench" / "gpu-triton"))
-    os.environ["CONVBENCH_TUNED_OUT"] = str(out / "tuned.jsonl")  # the workers append what they tune
-    window = Window(out, budget)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "phases").mkdir(exist_ok=True)
     (out / "plan.txt").write_text("\n".join(describe(steps, budget, source)) + "\n")
-    records = execute(window, all_phases)
-    lines = summary(out, records)
+    window = Window(out, budget)
+    hosts = Hosts(out, rehearse, _phase_env(out, rehearse))
+    real = phases(costs, hosts, rehearse)
+
+    def finish(window: Window) -> None:
+        lines = summary(out, window.records, rehearse)
+        atomic_write(out / "summary.md", "\n".join(lines) + "\n")
+        if args.pack is not None:
+            manifest = pack_window(out, args.pack, name)
+            window.write({"archive": {k: manifest[k] for k in ("archive_bytes", "left_out")}})
+
+    def stop(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = False
+    try:
+        execute(window, real, log=lambda m: print(m, flush=True), after=finish, warm=hosts.warm)
+    except Interrupted:
+        interrupted = True
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        hosts.close()
+    lines = summary(out, window.records, rehearse)
     atomic_write(out / "summary.md", "\n".join(lines) + "\n")
-    window.write({"summary": lines})
+    window.write({"summary": lines, "interrupted": interrupted})
+    if args.pack is not None:
+        pack_window(out, args.pack, name)
     print("\n".join(lines))
-    return 0 if all(r["status"] in ("ok", "skipped") for r in records) else 1
+    print(f"window: {out}" + (f"; archive: {args.pack} (bench gpu --unpack {args.pack.name} restores it)"
+                              if args.pack is not None else ""))
+    if interrupted:
+        return 130
+    return 0 if all(r["status"] in ("ok", "skipped") for r in window.records) else 1
+
+
+def pack_window(out: Path, archive: Path, name: str) -> dict:
+    from .pack import pack
+
+    return pack(out, archive, name)
+
+
+def unpack_command(archive: Path, into: Path | None) -> int:
+    """``bench gpu --unpack FILE [--into DIR]``: the archive as DIR/<device>-<date>/ (default results/gpu/), and its
+    tuned configs merged into kernels/triton/tuned/ — ready for one ``git add``."""
+    from kernels.triton import tuning
+
+    from .pack import read_name, unpack
+
+    if not archive.is_file():
+        raise UsageError(f"--unpack {archive}: no such file")
+    try:
+        name = read_name(archive)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"--unpack {archive}: not a window archive ({exc})") from None
+    into = into or ROOT / "results" / "gpu"
+    if (into / name).exists():
+        raise UsageError(f"--unpack: {into / name} exists already; remove it or pass --into another folder")
+    run_dir = unpack(archive, into)
+    added_paths = [run_dir]
+    tuned = run_dir / "tuned.jsonl"
+    env_path = run_dir / "env.json"
+    if tuned.exists() and env_path.exists():
+        env = json.loads(env_path.read_text())
+        device = env.get("device_name") or (env.get("gpu_properties") or {}).get("name")
+        version = (env.get("versions") or {}).get("triton") or env.get("triton")
+        if device and version:
+            path, added = tuning.merge(tuned, device, tuning.store_path(device, version))
+            added_paths.append(path)
+            print(f"tuned configs: {added} new in {path}")
+        else:
+            print(f"warning: {tuned} not merged: env.json names no device or triton version", file=sys.stderr)
+    print(f"unpacked: {run_dir}")
+    print("commit it with: git add " + " ".join(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p)
+                                              for p in added_paths))
+    return 0
 
 
 def add_parser(sub) -> None:
-    g = sub.add_parser("gpu", help="the whole GPU window in one command: env and peaks, GPU tests with every "
-                                   "Triton config precompiled, config checks, suites, report — within --budget",
+    g = sub.add_parser("gpu", help="the whole GPU window in one command: env and peaks, the window's GPU checks with "
+                                   "what the plan launches precompiled, config checks, suites, report — within "
+                                   "--budget, returned as one archive",
                        description=__doc__.split("\n")[0])
     g.add_argument("--out", type=Path, help="output directory (default results/gpu/<device>-<date>)")
     g.add_argument("--budget", type=float, default=480.0, metavar="S",
                    help="wall-clock seconds the whole window may take (default 480)")
+    g.add_argument("--pack", type=Path, metavar="FILE.tar.gz",
+                   help="rewrite this one archive after every phase (what a lent machine returns: put it in $OUT)")
     g.add_argument("--dry-run", action="store_true", help="print the plan and its estimated total, run nothing")
-
+    g.add_argument("--rehearse", action="store_true",
+                   help="run the window's orchestration on the CPU with CPU stand-ins for the GPU work (faults: "
+                        "CONVBENCH_FAULT=hang:checks, crash:worker, …; see bench/faults.py)")
+    g.add_argument("--unpack", type=Path, metavar="FILE", help="restore a window archive as results/gpu/<name>/ and "
+                                                              "merge its tuned configs; runs nothing")
+    g.add_argument("--into", type=Path, metavar="DIR", help="with --unpack: the folder to restore into "
+                                                            "(default results/gpu)")

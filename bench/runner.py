@@ -63,7 +63,8 @@ class RunOptions:
     warm_cache: bool = False  # reuse the machine's Inductor/Triton caches instead of fresh ones for this run
     report: bool = True  # write report.md / report.html / plots/ at the end (--no-report: not)
     limit: int | None = None  # only the first N selected cases (bench gpu trims a phase to its allowance)
-    deadline: float | None = None  # time.monotonic() after which no new case starts (the run stays resumable)
+    deadline: float | None = None  # time.monotonic() after which no new case starts and a case in flight is cut
+    peaks: dict | None = None  # peaks measured already (bench gpu's env phase): not measured again
     executor: str = "local"  # or "ray": each case a Ray task on a cluster (bench/cluster.py)
     address: str | None = None  # the Ray cluster (None: a one-node cluster of this machine; "auto": the running one)
     each_device: bool = False  # ray: every case once per device kind of the cluster
@@ -148,8 +149,10 @@ def _load_for_resume(out: Path, env_now: dict) -> tuple[list[dict], dict]:
     return read_jsonl(out / "results.jsonl", repair=True), old
 
 
-def run(opts: RunOptions) -> int:
-    """Measure the selected cases; return the contract's exit code (0 clean, 1 some case failed)."""
+def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
+    """Measure the selected cases; return the contract's exit code (0 clean, 1 some case failed). ``supervisor``:
+    a worker to reuse (bench gpu runs its suites in one worker, so warm-up and compiles are paid once); it is
+    left open for the caller."""
     if opts.device == "cuda" and not torch.cuda.is_available() and opts.executor == "local":
         raise UsageError("--device cuda: no CUDA device is available on this machine")
     if opts.device not in ("cpu", "cuda"):
@@ -219,6 +222,8 @@ def run(opts: RunOptions) -> int:
     else:
         out.mkdir(parents=True, exist_ok=True)
         previous = []
+    if opts.peaks and not env.get("peaks"):
+        env["peaks"] = opts.peaks
     if opts.metric == "time" and not env.get("peaks") and cluster is None:  # a resumed run keeps its peaks
         from .peaks import measure as measure_peaks
 
@@ -233,7 +238,11 @@ def run(opts: RunOptions) -> int:
     mode = timing_mode(opts.device, threads)
     writer = JsonlWriter(out / "results.jsonl")
     cache_dir = None
-    if opts.metric == "instructions":
+    own = supervisor is None
+    if supervisor is not None:
+        env["compile_cache"] = {"mode": "the caller's worker"}
+        supervisor.cut = None
+    elif opts.metric == "instructions":
         supervisor = InstructionSupervisor(out, opts.device, opts.timeout)
         mode = "callgrind,instructions-per-call,arch=x86-64-v3"
     else:
@@ -251,7 +260,7 @@ def run(opts: RunOptions) -> int:
                 break
             todo = [n for n in impls if (case.key, n, "") not in done]
             statuses = []
-            for outcome in supervisor.measure(case, todo, timing, opts.seed) if todo else ():
+            for outcome in supervisor.measure(case, todo, timing, opts.seed, opts.deadline) if todo else ():
                 row = make_row(case, outcome, mode, supervisor.threads or threads, env.get("peaks"), placement)
                 writer.write(row)
                 rows.append(row)
@@ -261,7 +270,8 @@ def run(opts: RunOptions) -> int:
         interrupted = True
     finally:
         progress.close()
-        supervisor.close()
+        if own:
+            supervisor.close()
         writer.close()
         if cache_dir is not None:
             shutil.rmtree(cache_dir, ignore_errors=True)
@@ -274,6 +284,7 @@ def run(opts: RunOptions) -> int:
             write_profile(out, profiled)
             print(f"profiles: {out / 'profile.md'} ({sum(s['status'] == 'ok' for s in profiled)} case × "
                   f"implementation traces in {out / 'traces'})", file=sys.stderr)
+    stopped = stopped or bool(getattr(supervisor, "cut", None))  # a case cut by the deadline is not complete
     env["worker_restarts"] = supervisor.restarts
     env["worker_warmup_s"] = getattr(supervisor, "warmups", [])
     return _finish(opts, out, env, rows, interrupted, stopped)
@@ -345,7 +356,7 @@ class InstructionSupervisor:
                                                              str(self.dumps)}, callgrind.command(self.dumps), 900.0)
         self.timeout, self.restarts = timeout, 0
 
-    def measure(self, case: Case, impls: list[str], timing, seed: int):
+    def measure(self, case: Case, impls: list[str], timing, seed: int, deadline: float | None = None):
         from .ab import count_cases
         from .measure import Outcome
 

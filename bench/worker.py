@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .cases import Case
+from .faults import inject
 from .measure import Outcome
 from .suites import Timing
 
@@ -44,6 +45,7 @@ def serve(conn, config: WorkerConfig) -> None:
         if msg[0] == "stop":
             return
         _, case, impls, timing, seed = msg
+        inject("worker")  # a rehearsal's injected fault (bench/faults.py); nothing unless CONVBENCH_FAULT is set
         if not warmed:  # process start-up lands here, not in the first case's compile_s
             conn.send(("warmup", warm_up_process(case.device, impls,
                                                  lambda name: conn.send(("phase", name, "process warm-up")))))
@@ -128,6 +130,10 @@ def _cuda_poisoned(device: str) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+#: seconds a fresh worker may take to import torch and start (less when a deadline is nearer)
+START_TIMEOUT_S = 300.0
+
+
 class Supervisor:
     """Owns the worker process and turns crashes and hangs into outcomes."""
 
@@ -138,16 +144,18 @@ class Supervisor:
         self.conn = None
         self.threads: int | None = None
         self.restarts = 0
+        self.cut: str | None = None  # set when a run's deadline cut a case short (what was in flight)
         self.warmups: list[dict[str, float]] = []  # seconds per implementation, one entry per worker process
 
-    def _start(self) -> None:
+    def _start(self, deadline: float | None = None) -> None:
         self.conn, child = self.ctx.Pipe()
         self.proc = self.ctx.Process(target=serve, args=(child, self.config), daemon=True, name="convbench-worker")
         self.proc.start()
         child.close()
-        if not self.conn.poll(300):
+        wait = START_TIMEOUT_S if deadline is None else max(1.0, min(START_TIMEOUT_S, deadline - time.monotonic()))
+        if not self.conn.poll(wait):
             self._kill()
-            raise RuntimeError("the benchmark worker did not start within 300 s")
+            raise RuntimeError(f"the benchmark worker did not start within {wait:.0f} s")
         _, self.threads = self.conn.recv()
 
     def _kill(self) -> None:
@@ -174,14 +182,26 @@ class Supervisor:
             return f"worker killed by signal {signal.Signals(-code).name}"
         return f"worker exited with code {code}"
 
-    def measure(self, case: Case, impls: list[str], timing: Timing, seed: int) -> Iterator[Outcome]:
-        """Yield one Outcome per implementation of ``case``, whatever happens to the worker."""
+    def measure(self, case: Case, impls: list[str], timing: Timing, seed: int,
+                deadline: float | None = None) -> Iterator[Outcome]:
+        """Yield one Outcome per implementation of ``case``, whatever happens to the worker. ``deadline``
+        (time.monotonic()): when it passes mid-case, the worker is killed, the implementation in flight gets a
+        ``timeout`` row, the others none (they stay for --resume), and ``cut`` says what was cut."""
         pending = list(impls)
         while pending:
+            if deadline is not None and time.monotonic() > deadline:
+                self.cut = f"{case.key}: {', '.join(pending)} not started"
+                return
             if self.proc is None or not self.proc.is_alive():
-                self._start()
+                try:
+                    self._start(deadline)
+                except RuntimeError:
+                    if deadline is None or time.monotonic() < deadline:
+                        raise
+                    self.cut = f"{case.key}: the worker was still starting at the run's deadline"
+                    return
             self.conn.send(("case", case, pending, timing, seed))
-            current, stage, deadline = None, "starting", time.monotonic() + self.timeout_s
+            current, stage, phase_deadline = None, "starting", time.monotonic() + self.timeout_s
             failure = None
             while True:
                 try:
@@ -194,13 +214,17 @@ class Supervisor:
                     if not self.proc.is_alive():
                         failure = ("error", f"{self._death()} while {stage}")
                         break
-                    if time.monotonic() > deadline:
+                    if time.monotonic() > phase_deadline:
                         failure = ("timeout", f"exceeded --timeout {self.timeout_s:g}s while {stage}")
+                        break
+                    if deadline is not None and time.monotonic() > deadline:
+                        failure = ("timeout", f"the run's deadline passed while {stage}")
+                        self.cut = f"{case.key}: {stage}"
                         break
                     continue
                 if msg[0] == "phase":
                     current, stage = msg[1], f"{msg[2]} ({msg[1]})"
-                    deadline = time.monotonic() + self.timeout_s
+                    phase_deadline = time.monotonic() + self.timeout_s
                 elif msg[0] == "warmup":
                     self.warmups.append(msg[1])
                 elif msg[0] == "outcome":
@@ -221,6 +245,10 @@ class Supervisor:
             self._kill()
             self.restarts += 1
             status, message = failure
+            if self.cut:  # out of time: what was in flight is a timeout, the rest is left for --resume
+                if current in pending:
+                    yield Outcome(current, status, message)
+                return
             if current in pending:  # that implementation is to blame; the others are re-run in a fresh worker
                 pending.remove(current)
                 yield Outcome(current, status, message)

@@ -864,9 +864,10 @@ def _tuned(kernel, grid, tensors: tuple, scalars: tuple, meta: dict) -> tuple:
     index = tuning.forced()
     if index is not None:
         configs = tuning.pruned(kernel, tensors, scalars, meta)
-        if index >= len(configs):
+        if index >= len(configs) and not tuning.clamped():
             raise tuning.NoSuchConfig(f"{kernel.fn.__name__}: {len(configs)} configs")
-        cfg, source = configs[index], "forced"
+        tuning.FRESH[0] += index < len(configs)
+        cfg, source = configs[min(index, len(configs) - 1)], "forced"
     elif not INTERPRETED and AUTOTUNE and len(kernel.configs) > 1:
         store = tuning.store(tensors[0].device)
         key = tuning.launch_key(kernel, tensors, scalars, meta)

@@ -11,7 +11,8 @@
 - **Forcing a config.** ``force(i)`` makes every autotuned launch run the i-th config that survives the kernel's
   pruning for its arguments, without tuning: ``bench gpu`` compiles every config the run can need in parallel
   worker processes this way (the JIT's own path, so the on-disk cache entries are the ones the timed run looks up),
-  and checks every config's result against a reference, not only the winner's.
+  and checks every config's result against a reference, not only the winner's. ``force(i, clamp=True)`` forces a
+  call of several launches (a backward, a training step) through every config of each.
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ def merge(lines: Path, device_name: str, target: Path | None = None) -> tuple[Pa
 
 # ---- forcing one config --------------------------------------------------------------------------------------------
 _FORCE: int | None = None
+_CLAMP = False
+#: launches of the current forced call that ran a config of their own (index < their pruned count); see force()
+FRESH = [0]
 
 
 class NoSuchConfig(LookupError):
@@ -140,18 +144,26 @@ def forced() -> int | None:
     return _FORCE
 
 
+def clamped() -> bool:
+    return _CLAMP
+
+
 @contextlib.contextmanager
-def force(index: int):
-    """Every autotuned launch inside runs its ``index``-th pruned config (no tuning, nothing remembered)."""
-    global _FORCE
+def force(index: int, clamp: bool = False):
+    """Every autotuned launch inside runs its ``index``-th pruned config (no tuning, nothing remembered). A launch
+    with fewer configs raises NoSuchConfig; with ``clamp`` it runs its last one instead, and only launches that ran
+    a config of their own count in ``FRESH`` — so a call of several launches (a backward: dgrad and wgrad; a train
+    step) is forced through every config of each until ``FRESH`` stays 0."""
+    global _FORCE, _CLAMP
     from . import conv
 
-    saved, _FORCE = _FORCE, index
+    saved, _FORCE, saved_clamp, _CLAMP = _FORCE, index, _CLAMP, clamp
+    FRESH[0] = 0
     conv._PLANS.clear()
     try:
         yield
     finally:
-        _FORCE = saved
+        _FORCE, _CLAMP = saved, saved_clamp
         conv._PLANS.clear()
 
 
@@ -168,18 +180,26 @@ LAST: dict = {}  # the config the latest forced launch ran (read by check_config
 # ---- every config: compiled ahead, and checked against a reference ------------------------------------------------
 def conv_parts(p, device, relu: bool = False, seed: int = 0) -> tuple[dict, tuple]:
     """The three host calls of a conv problem on fresh inputs ({'forward'|'dgrad'|'wgrad': () → outputs}) and the
-    operands (x, w, b, dy, y). ``relu``: the fused conv+ReLU of a training step (dgrad and wgrad mask by y)."""
+    operands (x, w, b, dy, y). ``relu``: the fused conv+ReLU of a training step (dgrad and wgrad mask by y).
+
+    The operands are made exactly as the implementation's autograd path makes them (``_operand``: channels_last on
+    a GPU; dy with y's strides under the fused ReLU), because Triton specialises a binary on unit strides and
+    divisibility by 16: a config checked or compiled on other strides is another binary than the one timed."""
     import torch
 
+    from . import _like_strides, _operand
     from .conv import conv2d_dgrad, conv2d_forward, conv2d_wgrad
 
     t = p.make_inputs(device, seed)
-    x, w, b = t["input"], t["weight"], t["bias"]
+    b = t["bias"]
+    x, w = _operand(t["input"]), _operand(t["weight"])
     fmt = torch.channels_last if p.layout == "channels_last" else torch.contiguous_format
     g = torch.Generator().manual_seed(seed + 1)
     dy = torch.randn(p.output_shape, generator=g).to(device=device, dtype=x.dtype).contiguous(memory_format=fmt)
-    y = conv2d_forward(x, w, b, p, relu=True) if relu else None
-    parts = {"forward": lambda: (conv2d_forward(x, w, b, p, relu=relu),),
+    y = conv2d_forward(x, w, b, p, relu=True, out_format_of=t["input"]) if relu else None
+    dy = _like_strides(dy, _operand(y)) if relu else _operand(dy)
+    y = _operand(y) if relu else None
+    parts = {"forward": lambda: (conv2d_forward(x, w, b, p, relu=relu, out_format_of=t["input"]),),
              "dgrad": lambda: (conv2d_dgrad(dy, w, p, x, y=y),),
              "wgrad": lambda: tuple(o for o in conv2d_wgrad(dy, x, p, w.dtype, b.dtype if b is not None else None,
                                                             y=y) if o is not None)}
@@ -210,24 +230,28 @@ def conv_reference(p, x, w, b, dy, y=None) -> dict[str, tuple]:
     return {"forward": (out_fwd.detach(),), "dgrad": (xf.grad,), "wgrad": wgrad}
 
 
-def each_config(call, limit: int = 64):
-    """Yield (index, config facts, outputs or exception) for every pruned config of the autotuned launch in ``call``."""
+def each_config(call, limit: int = 64, clamp: bool = False):
+    """Yield (index, config facts, outputs or exception) for every pruned config of the autotuned launch in ``call``
+    (``clamp``: of every launch in ``call``, each running its last config once it has no more; see force)."""
     for i in range(limit):
         LAST.clear()
         try:
-            with force(i):
+            with force(i, clamp):
                 out = call()
+                fresh = FRESH[0]
         except NoSuchConfig:
             return
         except Exception as exc:  # noqa: BLE001 — a config that fails to compile or launch is a finding
             yield i, dict(LAST), exc
             continue
+        if clamp and not fresh:
+            return
         yield i, dict(LAST), out
 
 
-def check_configs(problems, device, parts=("forward", "dgrad", "wgrad")) -> list[dict]:
-    """Every pruned config of every part of every problem, run and compared with the fp32 reference under the
-    tolerance of the problem's dtype: one row each (status ok / mismatch / error)."""
+def check_configs(problems, device, parts=("forward", "dgrad", "wgrad"), limit: int = 64) -> list[dict]:
+    """Every pruned config (the first ``limit``) of every part of every problem, run and compared with the fp32
+    reference under the tolerance of the problem's dtype: one row each (status ok / mismatch / error)."""
     from reference.tolerance import check
 
     rows = []
@@ -235,7 +259,7 @@ def check_configs(problems, device, parts=("forward", "dgrad", "wgrad")) -> list
         calls, operands = conv_parts(p, device)
         ref = conv_reference(p, *operands)
         for part in parts:
-            for i, cfg, out in each_config(calls[part]):
+            for i, cfg, out in each_config(calls[part], limit):
                 row = {"problem": str(p), "part": part, "index": i,
                        "config": cfg.get("config"), "kernel": cfg.get("kernel")}
                 if isinstance(out, Exception):
