@@ -96,11 +96,13 @@ class _Slot:
     index: int | None = None  # the item in flight
 
 
-def run_pool(fn, items: list, workers: int, deadline: float, stream: Path, rehearse: bool, describe=str) -> dict:
+def run_pool(fn, items: list, workers: int, deadline: float, stream: Path, rehearse: bool, describe=str,
+             started=lambda: None) -> dict:
     """Run ``fn(item, rehearse)`` for ``items`` (a module-level function: it is sent to the workers by name) in
     ``workers`` spawned processes, handed out in order, streaming one JSON line per finished item to ``stream``.
     A worker that dies records its item as ``crashed`` and is replaced; at ``deadline`` every worker is killed
-    (SIGKILL: a hung compile ignores politer signals), never joined without a timeout."""
+    (SIGKILL: a hung compile ignores politer signals), never joined without a timeout. ``started()`` is called
+    once the workers run."""
     ctx = mp.get_context("spawn")
 
     def start() -> _Slot:
@@ -111,6 +113,7 @@ def run_pool(fn, items: list, workers: int, deadline: float, stream: Path, rehea
         return _Slot(proc, mine)
 
     slots = [start() for _ in range(max(1, min(workers, len(items))))]
+    started()
     finished, following, states, cut = 0, 0, {}, False
 
     def record(index: int, result: dict) -> None:
@@ -193,11 +196,12 @@ def precompile_item(item, rehearse: bool) -> dict:
         if case.op == "train_step":
             call = _train_call(impl, case)
         else:
-            # the timed callable itself, without the oracle (nothing is checked here): build_call draws the same
-            # inputs from the same seed, so values, strides and alignment are those of the timed run
-            tensors = case.problem.make_inputs(case.device, 0, requires_grad=case.op == "conv2d_backward")
-            expected = Expected(tensors, grad_out=make_grad_out(case, tensors)
-                                if case.op == "conv2d_backward" else None)
+            # the timed callable itself, without the oracle (nothing is checked here): build_call draws the inputs
+            # from the run's seed, so values, strides and alignment are those of the timed run; a backward gets the
+            # same dy (only its dtype is read from the tensors)
+            expected = Expected({})
+            if case.op == "conv2d_backward":
+                expected.grad_out = make_grad_out(case, case.problem.make_inputs(case.device, 0))
             call, _ = build_call(impl, case, 0, expected)
     n, errors = 0, []
     for i, cfg, out in tuning.each_config(call, limit, clamp=True):
@@ -206,7 +210,10 @@ def precompile_item(item, rehearse: bool) -> dict:
             errors.append(f"config {i} {cfg.get('config')}: {type(out).__name__}: {out}"[:300])
         if not rehearse:
             torch.cuda.synchronize()
-    return {"status": "ok" if not errors else "error", "configs": n, "errors": errors[:5]}
+    done = {"status": "ok" if not errors else "error", "forced_configs": n, "errors": errors[:5]}
+    if not n:  # pooling: no forced launch; the call ran, and the kernels' own autotuner compiled every config
+        done["note"] = "compiled by the kernels' own autotuner"
+    return done
 
 
 def _train_call(impl, case):
@@ -245,9 +252,9 @@ def checks_phase(ctx: Context, units: int, deadline: float, planned) -> dict:
     t0 = time.monotonic()
     items = precompile_items(planned, ctx.rehearse)
     (out / "precompile.jsonl").unlink(missing_ok=True)
-    inject("checks")
+    # a rehearsal's fault hangs here, with pytest and the pool running: the window must kill them all
     pool = run_pool(precompile_item, items, _workers(ctx.rehearse, 12), deadline, out / "precompile.jsonl",
-                    ctx.rehearse, _describe_item) if items else {"items": 0}
+                    ctx.rehearse, _describe_item, started=lambda: inject("checks")) if items else {"items": 0}
     try:
         rc = tests.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
@@ -283,7 +290,7 @@ def configs_phase(ctx: Context, units: int, deadline: float, planned) -> dict:
     stream = ctx.out / "configs.jsonl"
     stream.unlink(missing_ok=True)
     pool = run_pool(check_item, items, _workers(ctx.rehearse, len(items)), deadline, stream, ctx.rehearse,
-                    lambda it: f"{it[1]} {it[0]}")
+                    lambda it: f"{it[1]} {it[0]}", started=lambda: inject("configs"))
     rows = [row for line in read_stream(stream) for row in line.get("rows", [])]
     write_configs_csv(rows, ctx.out / "configs.csv")
     bad = [r for r in rows if r["status"] != "ok"]
@@ -334,7 +341,7 @@ def serve(ctx: Context, stream=sys.stdin) -> None:
             req = json.loads(line)
             name, units, deadline, planned = req["phase"], req["units"], req["deadline"], req.get("planned", [])
             print(f"== phase {name}: {units} units, {deadline - time.monotonic():.0f} s", flush=True)
-            if name in PHASES:
+            if name in ("env", "report"):  # checks and configs hang once their subprocesses run
                 inject(name)
             try:
                 if name in suites:

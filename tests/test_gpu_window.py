@@ -397,3 +397,41 @@ def test_config_checks_give_the_kernels_the_operands_of_the_timed_path(monkeypat
     for part in ("forward", "dgrad", "wgrad"):
         calls[part]()
     assert set(timed) == {"forward", "dgrad", "wgrad"} and seen == timed
+
+
+def test_the_rehearsal_ends_in_its_budget_despite_a_hung_phase_and_returns_one_archive(tmp_path):
+    """The whole orchestration on the CPU (bench gpu --rehearse), with the checks phase hung after it started
+    pytest in a session of its own: the phase is killed at its deadline with what it started, the phases after it
+    run in the time left, and the one archive holds everything that finished."""
+    import tarfile
+    import time
+
+    out, archive = tmp_path / "w", tmp_path / "OUT" / "window.tar.gz"
+    archive.parent.mkdir()
+    t0 = time.monotonic()
+    got = _bench("gpu", "--rehearse", "--budget", "120", "--out", str(out), "--pack", str(archive),
+                 env={"CONVBENCH_FAULT": "hang:checks"})
+    spent = time.monotonic() - t0
+    assert spent < 130, f"{spent:.0f} s"
+    by = {r["phase"]: r for r in json.loads((out / "phases.json").read_text())["phases"]}
+    assert by["checks"]["status"] == "timeout" and got.returncode == 1, got.stdout[-2000:]
+    assert by["configs"]["status"] == "ok" and by["report"]["status"] == "ok", by
+    ran = [r for r in gpu.REHEARSAL_RUNS if by[r.name]["status"] == "ok"]
+    assert ran and ran[0].name == "smoke-fwd", "the suites ran in what was left"
+    assert list(archive.parent.iterdir()) == [archive] and archive.stat().st_size <= 15 << 20
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    top = next(iter(names)).split("/")[0]
+    for f in ("phases.json", "summary.md", "env.json", "configs.csv", "smoke-fwd/results.jsonl", "report.md",
+              "logs/checks.log"):
+        assert f"{top}/{f}" in names, f
+    leftover = [p for p in Path("/proc").glob("[0-9]*/environ")
+                if f"CONVBENCH_FAULT_STATE={out / 'logs'}".encode() in _read(p)]
+    assert not leftover, "every process the window started is gone"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
