@@ -183,8 +183,9 @@ def execute(window: Window, phases: list[Phase], log=print, after=lambda window:
             try:
                 result = ph.run(window, step.units, phase_deadline) or {}
                 record.update(status=result.pop("status", "ok"), **result)
-            except Interrupted:
-                record.update(status="interrupted", seconds=round(window.clock() - t0, 1))
+            except Interrupted as exc:
+                record.update(status="interrupted", seconds=round(window.clock() - t0, 1),
+                              **getattr(exc, "partial", {}))
                 window.records.append(record)
                 window.records += [{"phase": q.name, "status": "not run", "reason": "the window was interrupted",
                                     "units": 0, "of_units": q.units} for q in phases[i + 1:]]
@@ -514,7 +515,12 @@ class Hosts:
             host = Host(self.out, self.rehearse, env, self.out / "logs" / f"{'suites' if shared else name}.log")
             if shared:
                 self.shared = host
-        result = host.call(name, units, deadline, window.planned)
+        try:
+            result = host.call(name, units, deadline, window.planned)
+        except Interrupted as exc:  # the window ends: what the phase streamed still goes into the record
+            exc.partial = partial(self.out, name, self.rehearse)
+            self.shared = None if shared else self.shared
+            raise
         if result.get("status") in ("timeout", "failed") and not (self.out / "phases" / f"{name}.json").exists():
             result.update(partial(self.out, name, self.rehearse))
         if not shared:
