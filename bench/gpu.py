@@ -447,8 +447,8 @@ class Host:
                     return {"status": "failed", "error": f"the phase process {why} (log: {name}.log)"}
                 if time.monotonic() > deadline:
                     reaped = self.kill()
-                    return {"status": "timeout", "error": f"killed at its deadline with {reaped} process(es) it "
-                                                          f"started"}
+                    return {"status": "timeout", "error": f"killed at its deadline with its process group and "
+                                                          f"{reaped} process(es) it started outside that group"}
                 time.sleep(0.1)
         except BrokenPipeError:
             self.kill()
@@ -525,7 +525,7 @@ class Hosts:
             result.update(partial(self.out, name, self.rehearse))
         if not shared:
             host.close()
-        elif result.get("status") in ("timeout", "failed"):
+        elif result.get("status") == "timeout" or not host.alive():  # a failed case is a row, not a sick process
             host.kill()
             self.shared = None
         return result
@@ -696,14 +696,16 @@ def gpu_command(args) -> int:
     except Interrupted:
         interrupted = True
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        for s in old:  # the last writes are not to be cut by a second signal
+            signal.signal(s, signal.SIG_IGN)
         hosts.close()
     lines = summary(out, window.records, rehearse)
     atomic_write(out / "summary.md", "\n".join(lines) + "\n")
     window.write({"summary": lines, "interrupted": interrupted})
     if args.pack is not None:
         pack_window(out, args.pack, name)
+    for s, h in old.items():
+        signal.signal(s, h)
     print("\n".join(lines))
     print(f"window: {out}" + (f"; archive: {args.pack} (bench gpu --unpack {args.pack.name} restores it)"
                               if args.pack is not None else ""))

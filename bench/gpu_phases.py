@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .faults import inject
@@ -38,7 +38,6 @@ class Context:
     out: Path
     rehearse: bool
     supervisor: object = None  # the suites' one benchmark worker (bench/worker.py Supervisor), made on first use
-    extra: dict = field(default_factory=dict)
 
     @property
     def device(self) -> str:
@@ -268,7 +267,8 @@ def checks_phase(ctx: Context, units: int, deadline: float, planned) -> dict:
     junit(lines, out / "pytest-window.xml", note="" if rc != "killed at the deadline"
           else f"pytest was killed at its deadline after {time.monotonic() - t0:.0f} s; tests not listed did not run")
     c = counts(lines)
-    ok = rc == 0 and not c.get("failed") and not c.get("error")
+    # a config that fails to compile, or a compile that crashes its worker, is a finding like a failing test
+    ok = rc == 0 and not c.get("failed") and not c.get("error") and not pool.get("crashed") and not pool.get("error")
     return {"status": "ok" if ok else "failed", "pytest_rc": rc, "tests": c, "precompile": pool,
             "failing": [f"{r['nodeid']}: {r['reason'][:120]}" for r in lines if r["outcome"] in ("failed", "error")]
             [:10]}
