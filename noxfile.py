@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import shutil
 import sys
 
 import nox
@@ -46,6 +47,30 @@ def cluster(session: nox.Session) -> None:
     2 cores; the default tests leave them out). .ci/run calls it after ``tests``. Extra arguments go to pytest."""
     py = _python(session)
     session.run(py, "-m", "pytest", "-m", "ray", "tests/test_cluster.py", *session.posargs, external=True)
+
+
+#: the triton of the GPU machine the project's GPU windows run on (torch 2.11 there)
+GPU_TRITON = "3.6.0"
+
+
+@nox.session
+def sm90(session: nox.Session) -> None:
+    """The ahead-of-time sm_90 (H100/H200) check of every Triton kernel and config (kernels/triton/sm90.py: wgmma,
+    no spills in loops, shared memory; no GPU needed) compiled with another triton than the one installed — by
+    default the GPU machine's, 3.6.0: ``nox -s sm90 -- [VERSION] [sm90 options]``. That triton wheel is installed
+    (no dependencies) into .nox/triton-VERSION and put first on PYTHONPATH for this one command, so the project's
+    environment keeps its own. Runs ``--quick`` unless options are given (2.5–4 min on 2 cores). .ci/run calls it
+    after ``tests``, whose tests/test_sm90.py checks the installed triton."""
+    py = _python(session)
+    args = list(session.posargs)
+    version = args.pop(0) if args and not args[0].startswith("-") else GPU_TRITON
+    target = ROOT / ".nox" / f"triton-{version}"
+    if not (target / f"triton-{version}.dist-info").is_dir():  # absent, or an interrupted install: start over
+        shutil.rmtree(target, ignore_errors=True)
+        session.run(py, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), f"triton=={version}",
+                    external=True)
+    session.run(py, "-m", "kernels.triton.sm90", "--triton", version, *(args or ["--quick"]), external=True,
+                env={"PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])})
 
 
 @nox.session

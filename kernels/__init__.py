@@ -8,6 +8,12 @@
 Every public module of this package is imported on first use, so adding an implementation is adding one module or
 package (plus an ``ORDER`` entry to place it in tables); bench, report and compare pick it up unchanged. Implementations
 that live outside this package are loaded from the modules named in ``CONVBENCH_PLUGINS`` (comma-separated).
+
+A module that fails to import is recorded, not fatal (``load_errors``; ``python -m bench list`` shows why), so one
+broken module cannot take the others down. Only an implementation's *optional dependency being absent* may make it
+unavailable instead (triton: ``ModuleNotFoundError`` for the ``triton`` package itself — still registered, its
+``unavailable_reason`` says so); any other error of a built-in module is a bug: ``builtin_load_errors`` lists them,
+and the test suite fails on any (tests/conftest.py ``implementation``, tests/test_import_rules.py).
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import traceback
 
 from ._provenance import Record, note, recording
 from .base import OPS, Implementation, device_type
 
 __all__ = ["Implementation", "OPS", "device_type", "register", "names", "get", "all_implementations", "recording",
-           "note", "Record", "default_names"]
+           "note", "Record", "default_names", "load_errors", "builtin_load_errors"]
 
 #: display order of the built-in implementations; others follow in registration order
 ORDER = ("naive", "im2col", "cudnn", "compile", "compile-max-autotune", "compile-max-autotune-no-cudagraphs",
@@ -28,6 +35,7 @@ ORDER = ("naive", "im2col", "cudnn", "compile", "compile-max-autotune", "compile
 
 _REGISTRY: dict[str, Implementation] = {}
 _LOAD_ERRORS: dict[str, str] = {}
+_BUILTIN_FAILED: set[str] = set()  # keys of _LOAD_ERRORS that are modules of this package
 _loaded = False
 
 
@@ -53,12 +61,21 @@ def _load() -> None:
         try:
             importlib.import_module(f"{__name__}.{info.name}")
         except Exception as exc:  # a broken module must not take the other implementations down with it
-            _LOAD_ERRORS[info.name] = f"{type(exc).__name__}: {exc}"
+            _LOAD_ERRORS[info.name] = _describe(exc)
+            _BUILTIN_FAILED.add(info.name)
     for module in filter(None, (m.strip() for m in os.environ.get("CONVBENCH_PLUGINS", "").split(","))):
         try:
             importlib.import_module(module)
         except Exception as exc:
-            _LOAD_ERRORS[module] = f"{type(exc).__name__}: {exc}"
+            _LOAD_ERRORS[module] = _describe(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    """'Type: message (file:line)' — the line being the last one of our code or a library's the import ran, not
+    the import machinery's."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def names() -> tuple[str, ...]:
@@ -89,6 +106,14 @@ def all_implementations() -> list[Implementation]:
 
 
 def load_errors() -> dict[str, str]:
-    """Modules that could not be imported, with the reason (shown by ``python -m bench list``)."""
+    """Modules that could not be imported, with the reason (shown by ``python -m bench list``): built-in modules by
+    their name in this package, plugins by the name given in CONVBENCH_PLUGINS."""
     _load()
     return dict(_LOAD_ERRORS)
+
+
+def builtin_load_errors() -> dict[str, str]:
+    """The modules of this package that failed to import ({'triton': 'ImportError: ...'}). Always empty on a
+    working install: a missing optional dependency leaves its implementation registered and unavailable instead."""
+    _load()
+    return {m: e for m, e in _LOAD_ERRORS.items() if m in _BUILTIN_FAILED}

@@ -40,8 +40,13 @@ DEVICES = [pytest.param("cpu", id="cpu"),
 
 
 def implementation(name: str, device: str):
-    """The registered implementation, or a skip saying why it cannot run here."""
+    """The registered implementation, or a skip saying why it cannot run here. A built-in module that failed to
+    import is a failure, never a skip: only a missing optional dependency (e.g. no triton package) may make an
+    implementation unavailable, and then it is still registered and says why."""
     if name not in kernels.names():
+        if broken := kernels.builtin_load_errors():
+            pytest.fail(f"{name} is not registered, and built-in implementation modules failed to import: "
+                        + "; ".join(f"kernels.{m}: {err}" for m, err in broken.items()), pytrace=False)
         pytest.skip(f"{name} is not registered; import errors: {kernels.load_errors() or 'none'}")
     impl = kernels.get(name)
     reason = impl.unavailable_reason(device)

@@ -146,15 +146,21 @@ if INTERPRETED:
     WGRAD_DIRECT_CONFIGS = [triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_warps=1, num_stages=1)]
 
 
-def fits(c, itemsize: int, precision: str = "tf32", flat: bool = False) -> bool:
+def fits(c, itemsize: int, precision: str = "tf32", flat: bool = False, wgrad: bool = False,
+         mask: bool = False) -> bool:
     """Whether GEMM config ``c`` can run well for ``itemsize``-byte elements and dot ``precision``, whatever the
     problem: wgmma (16-bit, TF32) needs 64-row tiles; fp64 (DMMA) and IEEE fp32 (FMA) dots and the flat paths'
     per-element gathers are register-bound, so they get tiles of at most 64×64 (64×32 for fp64 and for both at
     once) and BLOCK_K 16 for those dots, 32 for the gathers; the stage buffers must fit shared memory (H100: 227 KB
-    per block)."""
+    per block). The wgrad kernel (``wgrad``: A = dy read transposed) spills on sm_90 with triton 3.6
+    (kernels/triton/sm90.py): inside its loop with IEEE fp32 tiles over 64×32 (64×64×16 w4 s2), and — 16 B outside
+    the loop, which no tensor-core GEMM may do either — with A tiles over 128×64 under the fused ReLU's mask
+    (``mask``: dy masked by y; 256×128×64 w8 s3)."""
     bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
     no_wgmma = itemsize == 8 or (itemsize == 4 and precision == "ieee")
     if bm < 64 and not no_wgmma:
+        return False
+    if wgrad and (mask and bm * bk > 128 * 64 or no_wgmma and itemsize == 4 and bm * bn > 64 * 32):
         return False
     if no_wgmma or flat:
         area, depth = (64 * 32 if itemsize == 8 or no_wgmma and flat else 64 * 64), (16 if no_wgmma else 32)
@@ -163,14 +169,15 @@ def fits(c, itemsize: int, precision: str = "tf32", flat: bool = False) -> bool:
     return (c.num_stages + 1) * (bm + bn) * bk * itemsize <= 224 * 1024  # stage buffers (+1 measured on sm_90)
 
 
-def _prune_gemm(configs, named_args, **kwargs):
+def _prune_gemm(configs, named_args, wgrad: bool = False, **kwargs):
     """Keep the tiles that fit this GEMM (``fits``) with block edges no wider than the (power-of-two rounded) sizes
-    they tile; the smallest fitting tile when none is that narrow."""
+    they tile; the smallest fitting tile when none is that narrow. ``wgrad``: the launch is the wgrad kernel's."""
     if len(configs) == 1:
         return configs
     itemsize = named_args["a_ptr"].element_size()
     fitting = [c for c in configs if fits(c, itemsize, kwargs.get("PRECISION", "tf32"),
-                                          bool(kwargs.get("FLAT_K") or kwargs.get("FLAT")))]
+                                          bool(kwargs.get("FLAT_K") or kwargs.get("FLAT")),
+                                          wgrad, bool(kwargs.get("RELU_MASK")))]
     rows, cols, red = named_args["GEMM_M"], named_args["GEMM_N"], named_args["GEMM_RED"]
     m_cap = max(MIN_DOT, triton.next_power_of_2(rows))
     n_cap = max(MIN_DOT, triton.next_power_of_2(cols))
@@ -179,6 +186,9 @@ def _prune_gemm(configs, named_args, **kwargs):
             and c.kwargs["BLOCK_K"] <= k_cap]
     kept = kept or [min(fitting or configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
     return kept if AUTOTUNE else kept[:1]
+
+
+_prune_wgrad_gemm = functools.partial(_prune_gemm, wgrad=True)
 
 
 def fits_direct(c, itemsize: int) -> bool:
@@ -526,7 +536,7 @@ def _conv_dgrad_direct_kernel(
 # pass of their own before the main loop (summed inside it, the dy tile would sit in registers next to the
 # accumulator: spills on the big tiles) — one more read of dy by 1/(column tiles · taps) of the programs. Traffic:
 # dy read once per tile column and tap, x once per tile row, the partials written once and read once.
-@autotune(WGRAD_CONFIGS, prune_configs_by={"early_config_prune": _prune_gemm})
+@autotune(WGRAD_CONFIGS, prune_configs_by={"early_config_prune": _prune_wgrad_gemm})
 @triton.jit
 def _conv_wgrad_gemm_kernel(
     a_ptr, x_ptr, y_ptr, dw_ptr, db_ptr,
@@ -690,20 +700,43 @@ def _split_reduce_kernel(src_ptr, dst_ptr, numel, splits, ACC: tl.constexpr, BLO
     tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=ok)
 
 
-def fits_pointwise(c, itemsize: int, precision: str = "tf32", mask: bool = False) -> bool:
-    """``fits`` for the 1×1 GEMM, which additionally spills on sm_90 (kernels/triton/sm90.py) with 256-wide tiles
-    when it reads the ReLU mask beside A, and with 64×64 tiles on IEEE fp32 (FMA) dots."""
-    bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+def fits_pointwise(c, itemsize: int, precision: str = "tf32", mask: bool = False, *, a_m_major: bool = False,
+                   b_n_major: bool = False, even: bool = True, bias_sum: bool = False) -> bool:
+    """``fits`` for the 1×1 GEMM, minus the tiles that spill inside their loop on sm_90 (kernels/triton/sm90.py,
+    with triton 3.6 — the GPU machine's — and 3.8). The layout flags are the unit strides the JIT specialises on:
+    ``a_m_major`` (sam == 1: A = dyᵀ of wgrad, transposed on its way to the dot), ``b_n_major`` (sbn == 1: dgrad's
+    w, wgrad's x); ``even``: EVEN_K (no masked reduction tail); ``mask``: MASK_A (the fused ReLU's backward reads
+    y beside A); ``bias_sum``: BIAS_SUM (wgrad's bias gradient). Dropped:
+    - with the mask, tiles over 128×128; on IEEE fp32 (FMA) dots, tiles over 64×32;
+    - A M-major: A tiles over 128×64 (256×128×64 on 8 warps: 3.6 and 3.8); with the mask, more than 32 A elements
+      per thread (128×64×64 on 4 warps: 3.6) and, on the k-tail path, BLOCK_K 64 (128×128×64 w8, 64×64×64 w4:
+      3.6); fp64 with the bias sum, tiles under 64×32 (32×32×16 w4 s2: 3.6);
+    - B N-major on the k-tail path: BLOCK_K 64 tiles over 128×128 (128×256×64 on 8 warps: 3.6)."""
+    bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
     if mask and bm * bn > 128 * 128 or itemsize == 4 and precision == "ieee" and bm * bn > 64 * 32:
         return False
+    if a_m_major:
+        if bm * bk > 128 * 64 or mask and (bm * bk > 32 * 32 * c.num_warps or not even and bk > 32):
+            return False
+        if itemsize == 8 and bias_sum and bm * bn < 64 * 32:
+            return False
+    if b_n_major and not even and bk > 32 and bm * bn > 128 * 128:
+        return False
     return fits(c, itemsize, precision)
+
+
+def pointwise_facts(named_args: dict, meta: dict) -> dict:
+    """fits_pointwise's keyword facts of one launch of the 1×1 GEMM (its arguments and constexpr flags)."""
+    return dict(mask=bool(meta.get("MASK_A")), a_m_major=named_args["sam"] == 1, b_n_major=named_args["sbn"] == 1,
+                even=bool(meta.get("EVEN_K")), bias_sum=bool(meta.get("BIAS_SUM")))
 
 
 def _prune_pointwise(configs, named_args, **kwargs):
     if len(configs) > 1:
         itemsize = named_args["a_ptr"].element_size()
-        configs = [c for c in configs if fits_pointwise(c, itemsize, kwargs.get("PRECISION", "tf32"),
-                                                        bool(kwargs.get("MASK_A")))] or configs
+        facts = pointwise_facts(named_args, kwargs)
+        configs = [c for c in configs if fits_pointwise(c, itemsize, kwargs.get("PRECISION", "tf32"), **facts)] \
+            or configs
     return _prune_gemm(configs, named_args, **kwargs)
 
 

@@ -6,15 +6,24 @@ shared memory shows only on a Hopper GPU, as a slow or failing launch (and autot
 So every (kernel, variant, dtype, config) the host functions can launch — after the same pruning — is compiled here
 for GPUTarget("cuda", 90, 32) with the JIT's specialisation for aligned channels_last tensors, and its PTX is run
 through Triton's bundled ptxas (-v: registers, spill bytes) and the cubin through nvdisasm (where the spills are).
-A check fails when a 16-bit or TF32 tl.dot does not use wgmma, a loop spills, shared memory passes 227 KB, or the
-compile fails. Spills outside every loop pass (with --strict they fail too): ptxas parks a few loop-invariant values
-(epilogue offsets) in local memory by itself to reach an occupancy step, a handful of accesses per thread.
+A check fails when a 16-bit or TF32 tl.dot does not use wgmma, a loop spills, a tensor-core (wgmma) GEMM spills at
+all, shared memory passes 227 KB, or the compile fails. Other spills outside every loop pass (with --strict they fail
+too): ptxas parks a few loop-invariant values (epilogue offsets) in local memory by itself to reach an occupancy
+step, a handful of accesses per thread.
 
     python -m kernels.triton.sm90 [--jobs N] [--json FILE] [--dtype bf16 fp16 tf32 fp32 fp64] [--quick] [--strict]
+                                  [--triton VERSION]
 
 dtypes: bf16, fp16, tf32 (fp32 tensors, input_precision 'tf32'), fp32 (IEEE: FMA dots), fp64 (DMMA). Compiles run
 in spawned worker processes with TRITON_INTERPRET=0 (the interpreter is chosen when triton is imported, so a
 process that already runs it — the test suite — cannot compile).
+
+What compiles well depends on the triton (its code generator and bundled ptxas), so CI checks two: the installed one
+(tests/test_sm90.py, --quick) and the GPU machine's, 3.6.0 (``nox -s sm90 [-- VERSION]``, run by .ci/run: that
+wheel in .nox/triton-VERSION, first on PYTHONPATH for that one command; ``--triton`` makes the check exit 2 when
+another triton is the one imported, here or in a worker). Measured on a 2-vCPU VM with --jobs 2: 497 compiles with
+--quick, 1065 without; every one passes with triton 3.6.0 (ptxas 12.8) and 3.8.0 (ptxas 12.9). --quick took
+138–227 s, the full set 420–490 s (the triton and the VM's other load vary).
 """
 
 from __future__ import annotations
@@ -141,8 +150,8 @@ def enumerate_jobs(dtypes=DTYPES, quick: bool = False) -> list[dict]:
 
         prec = gemm["PRECISION"]
 
-        def tiles(configs, flat, itemsize=itemsize, prec=prec):  # what _prune_gemm can keep for a big problem
-            return [c for c in configs if tc.fits(c, itemsize, prec, flat)]
+        def tiles(configs, flat, wgrad=False, mask=False, itemsize=itemsize, prec=prec):  # what _prune_gemm can
+            return [c for c in configs if tc.fits(c, itemsize, prec, flat, wgrad, mask)]  # keep for a big problem
 
         def direct_tiles(configs, itemsize=itemsize):
             return [c for c in configs if tc.fits_direct(c, itemsize)]
@@ -157,28 +166,32 @@ def enumerate_jobs(dtypes=DTYPES, quick: bool = False) -> list[dict]:
         for flat in (False, True):
             for bias in (False, True):
                 add("conv._conv_wgrad_gemm_kernel", ("flat" if flat else "gemm") + ("+bias+relu_mask" if bias else ""),
-                    dict(gemm, FLAT=flat, HAS_BIAS=bias, RELU_MASK=bias), tiles(tc.WGRAD_CONFIGS, flat),
+                    dict(gemm, FLAT=flat, HAS_BIAS=bias, RELU_MASK=bias), tiles(tc.WGRAD_CONFIGS, flat, True, bias),
                     ptrs={"dw_ptr": part, "db_ptr": part}, dot=True)
-        # the 1×1 GEMM, per part: (variant, strides that are 1, ints divisible by 16, flags, configs, pointers)
+        # the 1×1 GEMM, per part: (variant, strides that are 1, ints divisible by 16, flags, configs, pointers);
+        # fits_pointwise prunes by exactly these facts (conv.pointwise_facts), as the autotuner does at run time
         pw = dict(PRECISION=gemm["PRECISION"], UPCAST=False, ACC=acc, RELU=False, HAS_BIAS=False, MASK_A=False,
                   BIAS_SUM=False)
+        fwd = ("sak sbk scn", "GEMM_N GEMM_RED rows_per_split sam sbn scm")
+        dgrad = ("sak sbn scn", "GEMM_N GEMM_RED rows_per_split sam sbk scm")
+        wgrad = ("sam sbn scn", "GEMM_M GEMM_N rows_per_split sak sbk scm s_split sb_split")
+        split = {"c_ptr": part, "bias_ptr": part}
         for even in (True, False):
             tail = "" if even else "+k_tail"
-            for name, ones, div16, flags, configs, ptrs in [
-                    ("forward", "sak sbk scn", "GEMM_N GEMM_RED rows_per_split sam sbn scm", {},
-                     tc.FWD_CONFIGS, {}),
-                    ("forward+bias+relu", "sak sbk scn", "GEMM_N GEMM_RED rows_per_split sam sbn scm",
-                     dict(HAS_BIAS=True, RELU=True), tc.FWD_CONFIGS, {}),
-                    ("dgrad+relu_mask", "sak sbn scn", "GEMM_N GEMM_RED rows_per_split sam sbk scm",
-                     dict(MASK_A=True), tc.DGRAD_CONFIGS, {}),
-                    ("wgrad+bias+relu_mask", "sam sbn scn", "GEMM_M GEMM_N rows_per_split sak sbk scm s_split "
-                     "sb_split", dict(MASK_A=True, BIAS_SUM=True), tc.WGRAD_CONFIGS,
-                     {"c_ptr": part, "bias_ptr": part})]:
+            for name, (ones, div16), flags, configs, ptrs in [
+                    ("forward", fwd, {}, tc.FWD_CONFIGS, {}),
+                    ("forward+bias+relu", fwd, dict(HAS_BIAS=True, RELU=True), tc.FWD_CONFIGS, {}),
+                    ("dgrad", dgrad, {}, tc.DGRAD_CONFIGS, {}),
+                    ("dgrad+relu_mask", dgrad, dict(MASK_A=True), tc.DGRAD_CONFIGS, {}),
+                    ("wgrad", wgrad, {}, tc.WGRAD_CONFIGS, split),
+                    ("wgrad+bias", wgrad, dict(BIAS_SUM=True), tc.WGRAD_CONFIGS, split),
+                    ("wgrad+bias+relu_mask", wgrad, dict(MASK_A=True, BIAS_SUM=True), tc.WGRAD_CONFIGS, split)]:
                 kernel = "conv._pointwise_wgrad_kernel" if name.startswith("wgrad") else "conv._pointwise_kernel"
+                consts = dict(pw, EVEN_K=even, **flags)
+                facts = tc.pointwise_facts({a: 1 if a in ones.split() else 0 for a in ("sam", "sbn")}, consts)
                 before = len(jobs)
-                fitting = [c for c in configs if tc.fits_pointwise(c, itemsize, prec, "relu_mask" in name)]
-                add(kernel, name + tail, dict(pw, EVEN_K=even, **flags), fitting, ptrs=ptrs, dot=True,
-                    few=few or (quick and not even))  # quick: the k-tail variant with its first config only
+                add(kernel, name + tail, consts, [c for c in configs if tc.fits_pointwise(c, itemsize, prec, **facts)],
+                    ptrs=ptrs, dot=True, few=few or (quick and not even))  # quick: the k-tail with its first config
                 for j in jobs[before:]:
                     j["ones"], j["div16"] = _names(ones), _names(div16)
         if dt == "tf32":
@@ -209,12 +222,13 @@ def compile_job(job: dict) -> dict:
     """Compile one job for sm_90 and check it; the job's dict plus regs, spills, smem, wgmma/mma.sync, ok, reason."""
     t0 = time.perf_counter()
     res = dict(job, regs=None, spill_stores=None, spill_loads=None, hot_spills=None, smem=None, wgmma=False,
-               mma_sync=False)
+               mma_sync=False, triton=None)
     try:
         import triton
         import triton.language as tl
         from triton.backends.compiler import GPUTarget
 
+        res["triton"] = triton.__version__
         if triton.knobs.runtime.interpret:
             raise RuntimeError("TRITON_INTERPRET is on in this worker")
         from . import conv, pool
@@ -255,7 +269,8 @@ def compile_job(job: dict) -> dict:
     why = []
     if job["wgmma_required"] and not res["wgmma"]:
         why.append("no wgmma" + (" (mma.sync)" if res["mma_sync"] else ""))
-    if res["hot_spills"] or job.get("strict") and (res["spill_stores"] or res["spill_loads"]):
+    spilled = res["spill_stores"] or res["spill_loads"]
+    if res["hot_spills"] or spilled and (job.get("strict") or job["wgmma_required"]):
         why.append(f"spills {res['spill_stores']}/{res['spill_loads']} B" +
                    (f", {res['hot_spills']} in loops" if res["hot_spills"] else ""))
     if res["smem"] > SMEM_LIMIT:
@@ -339,6 +354,23 @@ def line(r: dict) -> str:
             + ("OK" if r["ok"] else f"FAIL {r['reason']}"))
 
 
+def toolchain() -> str:
+    """'triton VERSION (its directory), ptxas VERSION (its path)': what this process compiles with."""
+    try:
+        import triton
+    except ImportError as exc:
+        return f"no triton ({exc})"
+    ptxas = tool_path("ptxas")
+    version = "?"
+    if ptxas:
+        try:
+            out = subprocess.run([ptxas, "--version"], capture_output=True, text=True, timeout=60).stdout
+            version = next((m.group(1) for m in re.finditer(r"release ([\d.]+)", out)), "?")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f"triton {triton.__version__} ({os.path.dirname(triton.__file__)}), ptxas {version} ({ptxas})"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kernels.triton.sm90", description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=os.cpu_count(), help="worker processes (default: CPU count)")
@@ -346,7 +378,16 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
     ap.add_argument("--quick", action="store_true", help="first config only for fp16, fp32 and fp64")
     ap.add_argument("--strict", action="store_true", help="fail on any spill, also one outside the loops")
+    ap.add_argument("--triton", metavar="VERSION",
+                    help="the triton version that must be the one imported, here and in every worker (exit 2 "
+                         "otherwise): nox -s sm90 passes the version it put first on PYTHONPATH")
     args = ap.parse_args(argv)
+    print(f"compiling with {toolchain()}", flush=True)
+    if args.triton:
+        import triton
+        if triton.__version__ != args.triton:
+            print(f"triton {triton.__version__} is imported, not {args.triton}", file=sys.stderr)
+            return 2
     if tool_path("ptxas") is None:
         print("triton has no NVIDIA backend or no ptxas: nothing to check", file=sys.stderr)
         return 2
@@ -356,8 +397,12 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     bad = [r for r in results if not r["ok"]]
-    print(f"{len(results)} compiles for sm_90 in {time.perf_counter() - t0:.0f} s: {len(results) - len(bad)} OK, "
-          f"{len(bad)} FAIL")
+    versions = sorted({str(r["triton"]) for r in results})
+    print(f"{len(results)} compiles for sm_90 with triton {', '.join(versions)} in {time.perf_counter() - t0:.0f} s: "
+          f"{len(results) - len(bad)} OK, {len(bad)} FAIL")
+    if args.triton and versions != [args.triton]:
+        print(f"the workers compiled with triton {', '.join(versions)}, not {args.triton}", file=sys.stderr)
+        return 2
     return 1 if bad else 0
 
 
