@@ -84,9 +84,11 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
-    """The whole GPU window in one command (``bench gpu``): env and measured peaks, the GPU tests with every Triton
-    config precompiled alongside, every config checked, the suites, the report — planned and trimmed to --budget
-    seconds (default 480). Arguments after -- go to ``bench gpu``, e.g. ``nox -s gpu -- --dry-run``."""
+    """The whole GPU window in one command (``bench gpu``): env and measured peaks, the window's GPU checks with what
+    the plan launches precompiled alongside, every config checked, the suites, the report — each phase killed at its
+    deadline, planned and trimmed to --budget seconds (default 480). Arguments after -- go to ``bench gpu``, e.g.
+    ``nox -s gpu -- --dry-run``, ``-- --rehearse --budget 120`` (the same orchestration on the CPU) or
+    ``-- --pack OUT/window.tar.gz`` (one archive, rewritten after every phase)."""
     py = _python(session)
     session.run(py, "-m", "bench", "gpu", *session.posargs, external=True)
 
