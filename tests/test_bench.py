@@ -4,6 +4,7 @@ noise; the bench CLI holds the performance targets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -63,10 +64,17 @@ def test_resnet50_suite_reads_the_real_layers():
     assert (stem.C, stem.K, stem.R, stem.stride, stem.padding, stem.H) == (3, 64, 7, (2, 2), (3, 3), 224)
 
 
-def test_suite_hash_is_stable_and_sensitive():
+def test_suite_hash_is_stable_across_processes_and_sensitive():
     s = SUITES["smoke"]
-    assert suite_hash(s.cases("cpu"), s.timing) == suite_hash(s.cases("cpu"), s.timing)
-    assert suite_hash(s.cases("cpu"), s.timing) != suite_hash(s.cases("cpu")[1:], s.timing)
+    here = suite_hash(s.cases("cpu"), s.timing)
+    # another interpreter with another string-hash seed: the hash is of the cases' content, not of Python's hash()
+    code = ("from bench.suites import SUITES, suite_hash; s = SUITES['smoke']; "
+            "print(suite_hash(s.cases('cpu'), s.timing))")
+    there = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout.strip()
+    assert here == there
+    assert here != suite_hash(s.cases("cpu")[1:], s.timing)
+    assert here != suite_hash(s.cases("cpu"), dataclasses.replace(s.timing, max_samples=s.timing.max_samples + 1))
 
 
 # ---- statistics -----------------------------------------------------------------------------------------------------
@@ -151,10 +159,16 @@ def test_run_writes_every_file_and_column(smoke_run):
     assert env["versions"]["torch"] and env["complete"]
     pb = json.loads((smoke_run / "pytest-benchmark.json").read_text())
     assert len(pb["benchmarks"]) == len(csv) and {"median", "iqr", "rounds"} <= set(pb["benchmarks"][0]["stats"])
-    check = subprocess.run([sys.executable, str(ROOT.parent / "shared/tools/check_run.py"), str(smoke_run),
-                            "--impls", "naive,im2col,cudnn", "--axes"], capture_output=True, text=True)
-    if (ROOT.parent / "shared/tools/check_run.py").exists():
-        assert check.returncode == 0, check.stdout
+
+
+
+def test_a_run_passes_the_contracts_checker(smoke_run):
+    tool = ROOT.parent / "shared/tools/check_run.py"
+    if not tool.exists():
+        pytest.skip(f"the contract's checker is not beside this checkout ({tool})")
+    check = subprocess.run([sys.executable, str(tool), str(smoke_run), "--impls", "naive,im2col,cudnn", "--axes"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
 
 
 def test_report_writes_markdown_html_and_plots(smoke_run):
@@ -166,9 +180,32 @@ def test_report_writes_markdown_html_and_plots(smoke_run):
     assert {p.name for p in (smoke_run / "plots").glob("*.png")} >= {"speedup_heatmap.png", "roofline.png"}
 
 
-def test_compare_a_run_with_itself_finds_no_regression_and_refuses_other_envs(smoke_run, tmp_path):
-    proc = bench("compare", smoke_run, smoke_run)
+def _rescaled(run: Path, out: Path, factor) -> Path:
+    """A copy of ``run`` whose samples are multiplied by ``factor(row)`` (a float per sample, or one per row)."""
+    out.mkdir()
+    df = pd.read_csv(run / "results.csv")
+    for i, row in df.iterrows():
+        if isinstance(row["times_ms"], str):
+            t = np.array([float(v) for v in row["times_ms"].split()]) * factor(row)
+            df.loc[i, "times_ms"] = " ".join(f"{v:.6g}" for v in t)
+            df.loc[i, "median_ms"] = float(np.median(t))
+    df.to_csv(out / "results.csv", index=False)
+    (out / "env.json").write_text((run / "env.json").read_text())
+    return out
+
+
+def test_compare_flags_a_slowed_implementation_and_passes_a_jittered_copy(smoke_run, tmp_path):
+    rng = np.random.default_rng(0)
+    jitter = _rescaled(smoke_run, tmp_path / "jitter", lambda row: rng.lognormal(0, 0.01, row["samples"]))
+    proc = bench("compare", smoke_run, jitter)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    slow = _rescaled(smoke_run, tmp_path / "slow", lambda row: 1.5 if row["impl"] == "im2col" else 1.0)
+    proc = bench("compare", smoke_run, slow)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr
+    assert any("im2col" in line and "slower" in line for line in proc.stdout.splitlines())
+
+
+def test_compare_refuses_other_environments(smoke_run, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "results.csv").write_text((smoke_run / "results.csv").read_text())

@@ -99,7 +99,8 @@ def test_the_report_of_a_mixed_run_is_one_report_per_device_and_one_side_by_side
         env = json.loads((sub / "env.json").read_text())
         assert env["device_name"] == DEVICES[key] and env["peaks"]["gemm_flops"]  # that node's, not the run's
         assert set(read_rows(sub)["env_key"]) == {key} and (sub / "report.html").exists()
-        assert compare_runs(sub, sub) == 0  # an ordinary one-environment run
+    a, b = (d / "by-device" / k for k in parts[:2])
+    assert compare_runs(a, b) == 3, "each part is an ordinary run of its own environment: two devices never compare"
     md = (d / "report.md").read_text()
     assert all(k in md for k in DEVICES) and "Median time per case (ms), per run" in md
     page = (d / "report.html").read_text()

@@ -81,11 +81,10 @@ def test_im2col_backend_follows_the_call_not_a_probe(monkeypatch):
 
 
 def test_unsupported_rows_say_nothing_ran():
-    impl = kernels.get("triton")
-    if not impl.unavailable_reason("cpu"):
-        pytest.skip("triton runs here (interpreter); its CPU rows are skipped, not unsupported")
-    status, backend, _, _ = run_case(Case("conv2d", IM2COL_BRANCHES[0][0]), "triton")
-    assert (status, backend) == ("unsupported", "none")
+    name = "compile-max-autotune-no-cudagraphs"  # unsupported on every CPU (triton runs here, interpreted)
+    assert kernels.get(name).unavailable_reason("cpu")
+    status, backend, _, error = run_case(Case("conv2d", IM2COL_BRANCHES[0][0]), name)
+    assert (status, backend) == ("unsupported", "none") and "CUDA graphs" in error
 
 
 def test_cudnn_rows_carry_the_library_settings():
