@@ -15,7 +15,9 @@ CPU's, at least ``MIN_WALL_STEPS``), with no sleep and no L2 flush: the host wor
 step and a CUDA-graph replay differ by exactly what the host saves (``WALL_TIMING_MODE`` in the row).
 
 Implementations are sampled in rounds — one sample of each per round, the order rotating every round — so that
-slow drifts of the machine (thermal, frequency, neighbours) hit all of them alike.
+slow drifts of the machine (thermal, frequency, neighbours) hit all of them alike. An implementation leaves the
+rotation when it has converged or spent its budget, except the control (``CONTROL``, the library that ``bench
+compare`` normalises by), which stays while any other implementation of the case is still sampling.
 """
 
 from __future__ import annotations
@@ -181,9 +183,17 @@ def converged(samples: list[float], timing: Timing) -> bool:
     return med > 0 and (hi - lo) / 2 <= timing.rel_precision * med
 
 
+#: the implementation ``bench compare`` normalises by: it stays in rotation while any other implementation of the
+#: case is still sampling, so every round of every implementation is also a round of the control
+CONTROL = "cudnn"
+
+
 def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
-                     on_sample: Callable[[str], None] | None = None) -> None:
-    """Sample every implementation in rotating rounds until each has converged or used its budget."""
+                     on_sample: Callable[[str], None] | None = None, control: str | None = CONTROL) -> None:
+    """Sample every implementation in rotating rounds until each has converged or used its budget. The ``control``
+    (when it is one of the samplers) leaves the rotation only once it has converged or used its budget *and* every
+    other implementation has left: its samples keep being recorded, so it is timed in every round its subjects
+    are."""
     events = device == "cuda" and any(not s.wall for s in samplers)  # wall-timed samples need neither
     flush = L2Flush() if events else None
     clock = SleepClock() if events else None
@@ -192,7 +202,8 @@ def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
     try:
         rnd = 0
         while True:
-            active = [s for s in samplers if not s.done]
+            subjects_left = any(not s.done for s in samplers if s.name != control)
+            active = [s for s in samplers if not s.done or (s.name == control and subjects_left)]
             if not active:
                 break
             shift = rnd % len(active)
