@@ -9,16 +9,23 @@ apart), and samples from one run say nothing about the next. Here both sides see
 2. Per case, both peers validate every implementation against the float64 oracle (a case that passes on BASE and
    fails on NEW is ``broken``: a regression whatever the speed) and warm up; both then use one loop count.
 3. Rounds: per implementation one sample from each side, back to back, the order alternating from round to
-   round. The estimate is the median per-round ratio new/base with a bootstrap interval over rounds
-   (bench/stats.py ``paired_ratio``); rounds go on until that interval is tight (or the budget is spent).
+   round. The estimate is the median per-round ratio new/base with its distribution-free 95% interval
+   (bench/stats.py ``paired_ratio``); rounds go on until that interval is tight (``Schedule``), or the pair's
+   round/time limit.
 4. Verdict per (case, implementation) against ``--threshold`` (default 5%, ``--op-threshold OP=X`` overrides):
-   slower / faster / same / ambiguous. **Confirmation**: every case that is not ``same`` is re-measured at the end
-   of the sweep in fresh rounds (re-validated, re-warmed); a change is flagged only when both measurements agree.
+   slower / faster / same / ambiguous. **Confirmation**: every pair that is not ``same`` is measured again after
+   the sweep, in fresh peer processes (re-validated, re-warmed) and fresh rounds, judged on those rounds alone; a
+   confirmation still ambiguous at its regular end takes extra rounds (up to ``extra_rounds``/``extra_seconds``).
+   A change is flagged only when three measurements, each in its own pair of processes, agree on it (the sweep
+   and two confirmations, or three confirmations of an ambiguous sweep), none contradicting; a confirmation that
+   finds no change clears it; NEW failing in any measurement is ``broken``; at most three confirmation passes
+   (bench/stats.py ``settle``). Confirmations and extra rounds are taken only within ``--budget`` seconds of the
+   start of the timing; what stays undecided is reported inconclusive, one line per pair.
 5. ``--metric instructions``: both sides counted under Callgrind, one valgrind process per side for the whole
    selection (bench/callgrind.py); deterministic, so the verdict is the ratio against 1%.
 
-Exit: 0 no regression · 1 a confirmed slower or a broken case · 2 bad usage (nothing is created) · 3 the two
-sides run in different environments.
+Exit: 0 no regression · 1 a confirmed slower or a broken case (or, with ``--fail-on-ambiguous``, a pair left
+inconclusive) · 2 bad usage (nothing is created) · 3 the two sides run in different environments.
 """
 
 from __future__ import annotations
@@ -39,23 +46,33 @@ import numpy as np
 
 from .peer import Peer, PeerError, make_farm
 from .schema import UsageError, atomic_write
-from .stats import classify, confirm, paired_ratio, settle
+from .stats import Ratio, Settled, classify, explain, fewest_samples, paired_halfwidth, paired_ratio, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_THRESHOLD = {"time": 0.05, "instructions": 0.01}
 FAILED = ("mismatch", "error", "timeout")
+ALPHA = 0.01  # significance level of every timed verdict
 
 
 @dataclass(frozen=True)
 class ABTiming:
     """How hard ``ab`` measures each (case, implementation): rounds of paired samples until the 95% interval of the
-    median ratio is within ±``rel_precision`` (after ``min_rounds``), or ``max_rounds`` / ``max_seconds``."""
+    median ratio is within ±``rel_precision`` (after ``min_rounds``, never fewer than the signed-rank test needs to
+    decide at all), or ``max_rounds`` / ``max_seconds``; a confirmation still ambiguous then goes on, re-judged every
+    third more rounds, up to ``extra_rounds`` / ``extra_seconds``. A change is flagged when ``need`` measurements,
+    each in its own pair of processes (the sweep and up to ``confirmations`` confirmations), agree on it;
+    confirmations and extra rounds only within ``budget`` seconds of the start."""
 
     min_rounds: int = 10
     max_rounds: int = 80
     max_seconds: float = 2.0
     rel_precision: float = 0.015
     confirm_rounds: int = 20  # at least this many fresh rounds in a confirmation
+    extra_rounds: int = 400
+    extra_seconds: float = 20.0
+    need: int = 3
+    confirmations: int = 3
+    budget: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +100,128 @@ class Pair:
     note: str = ""
     stats: object = None
     instructions: dict = field(default_factory=dict)
-    first_rounds: tuple = ((), ())
+    measurements: list = field(default_factory=list)  # Measurement per pass: the sweep, then each confirmation
+    settled: Settled | None = None
+    inconclusive: str = ""  # why the verdict stayed ambiguous, in words ('' when it did not)
+    threshold: float = 0.05  # the relative change that counts for this pair's op
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measurement of a pair in one pair of peer processes: its verdict and the rounds it rests on."""
+
+    verdict: str
+    stats: Ratio | None
+    base_ms: tuple
+    new_ms: tuple
+
+
+def timed_verdict(base_ms, new_ms, threshold: float) -> tuple[str, Ratio]:
+    """The verdict of one measurement's paired rounds alone."""
+    r = paired_ratio(np.asarray(base_ms, float), np.asarray(new_ms, float))
+    return classify(r, threshold, ALPHA), r
+
+
+def record(p: Pair, verdict: str, stats: Ratio | None, ab: ABTiming) -> None:
+    """Add one measurement's verdict to a pair and settle the pair's verdict over all of its measurements."""
+    p.measurements.append(Measurement(verdict, stats, tuple(p.base_ms), tuple(p.new_ms)))
+    if len(p.measurements) == 1:
+        p.first = verdict
+    if stats is not None:
+        p.stats = stats
+    p.settled = settle([m.verdict for m in p.measurements], ab.need, ab.confirmations)
+    p.verdict = p.settled.verdict
+    describe(p)
+
+
+def describe(p: Pair, budget_spent: float | None = None) -> None:
+    """The pair's note (every measurement's verdict, ratio and rounds) and, when it stays ambiguous, the reason."""
+    ms = p.measurements
+    p.note = "" if len(ms) == 1 and ms[0].verdict not in ("slower", "faster", "ambiguous") else "; ".join(
+        ("sweep" if i == 0 else f"confirmation {i}") + f" {m.verdict}"
+        + (f" ×{m.stats.ratio:.3f} ({m.stats.n} rounds)" if m.stats is not None and math.isfinite(m.stats.ratio)
+           else "") for i, m in enumerate(ms))
+    why = p.settled.why if p.settled else ""
+    if p.verdict == "broken" and why:
+        p.note = f"{p.note}; {why}"
+    p.inconclusive = ""
+    if p.verdict == "ambiguous":
+        last = ms[-1].stats if ms and ms[-1].verdict == "ambiguous" else None
+        detail = explain(last, p.threshold, ALPHA) if last is not None else ""
+        if budget_spent is not None and not p.settled.done:
+            why = why.replace("not settled yet", f"--budget {budget_spent:g} s spent before the confirmations settled "
+                                                 "it", 1)
+        p.inconclusive = "; ".join(filter(None, [why, detail and f"last: {detail}"]))
+
+
+class Schedule:
+    """When one measurement of one pair has taken enough rounds: ``more`` is asked after every round.
+
+    Regular end: the interval of the median ratio within ±``rel_precision`` (looked at every 5 rounds), or
+    ``max_rounds`` / ``max_seconds``, never before ``min_rounds`` (``confirm_rounds`` in a confirmation) nor before
+    the signed-rank test can reach p < ALPHA at all (8 rounds). A confirmation whose verdict is then ambiguous takes
+    extra rounds, re-judged at every third more, until it is not, or ``extra_rounds`` / ``extra_seconds`` / the
+    deadline (the ``--budget``)."""
+
+    def __init__(self, ab: ABTiming, confirming: bool, threshold: float, deadline: float = math.inf,
+                 clock=time.monotonic) -> None:
+        self.ab, self.confirming, self.threshold, self.deadline, self.clock = ab, confirming, threshold, deadline, clock
+        self.min = max(ab.min_rounds, ab.confirm_rounds if confirming else 0, fewest_samples(ALPHA))
+        self.check = self.min
+        self.extending = False
+
+    def more(self, base, new, spent: float) -> bool:
+        n, ab = len(base), self.ab
+        if n < self.min:
+            return True
+        if not self.extending:
+            if not (n >= ab.max_rounds or spent >= ab.max_seconds):
+                if n < self.check:
+                    return True
+                if paired_halfwidth(base, new) > ab.rel_precision:
+                    self.check = n + 5
+                    return True
+            if not self.confirming or self._decided(base, new):
+                return False
+            self.extending = True
+        elif n < self.check:
+            return not self._over(n, spent)
+        elif self._decided(base, new):
+            return False
+        self.check = n + max(5, n // 3)
+        return not self._over(n, spent)
+
+    def _decided(self, base, new) -> bool:
+        return timed_verdict(base, new, self.threshold)[0] != "ambiguous"
+
+    def _over(self, n: int, spent: float) -> bool:
+        return n >= self.ab.extra_rounds or spent >= self.ab.extra_seconds or self.clock() >= self.deadline
+
+
+def confirm_all(pairs: list[Pair], ab: ABTiming, deadline: float, measure, restart, clock=time.monotonic,
+                log=lambda _: None) -> None:
+    """Confirmation passes over the pairs not yet settled: each pass in fresh processes (``restart()``), case by
+    case (``measure(case, pairs of that case)`` adds one measurement to each); at most ``ab.confirmations`` passes,
+    none started — nor a further case — once the deadline has passed (those pairs are reported inconclusive)."""
+    for k in range(1, ab.confirmations + 1):
+        todo = [p for p in pairs if p.settled is not None and not p.settled.done]
+        if not todo:
+            return
+        by_case: dict[str, list[Pair]] = {}
+        for p in todo:
+            by_case.setdefault(p.case.key, []).append(p)
+        if clock() >= deadline:
+            break
+        restart()  # fresh processes: a bias of one process (its memory layout, its core) must not confirm itself
+        for j, (key, group) in enumerate(by_case.items(), 1):
+            if clock() >= deadline:
+                break
+            measure(group[0].case, group)
+            log(f"[confirm {k}: {j}/{len(by_case)}] {key}: " + " ".join(f"{p.impl}={p.measurements[-1].verdict}"
+                                                                      for p in group))
+    for p in pairs:
+        if p.settled is not None and not p.settled.done:
+            describe(p, budget_spent=ab.budget)
 
 
 # ---- sides ------------------------------------------------------------------------------------------------------
@@ -168,30 +306,29 @@ class ABRun:
 
     # -- time --
     def time(self) -> tuple[list[Pair], dict]:
-        peers = self._peers()
+        deadline = time.monotonic() + self.ab.budget
+        live = {"peers": self._peers()}
         try:
-            info = {k: p.start() for k, p in peers.items()}
+            live["info"] = {k: p.start() for k, p in live["peers"].items()}
             pairs: list[Pair] = []
             for i, case in enumerate(self.cases, 1):
-                got = self._measure_case(peers, info, case, None)
+                got = self._measure_case(live["peers"], live["info"], case, None, deadline)
                 pairs += got
                 self.log(f"[{i}/{len(self.cases)}] {case.key}: " + " ".join(f"{p.impl}={p.first}" for p in got))
-            suspects = [p for p in pairs if p.first in ("slower", "faster", "ambiguous")]
-            by_case: dict[str, list[Pair]] = {}
-            for p in suspects:
-                by_case.setdefault(p.case.key, []).append(p)
-            if by_case:  # fresh processes: a bias of one process (its memory layout, its core) must not confirm itself
-                for p in peers.values():
-                    p.close()
-                peers = self._peers()
-                info = {k: p.start() for k, p in peers.items()}
-            for j, (key, group) in enumerate(by_case.items(), 1):
-                self._measure_case(peers, info, group[0].case, group)
-                self.log(f"[confirm {j}/{len(by_case)}] {key}: " + " ".join(f"{p.impl}={p.verdict}" for p in group))
-            return pairs, info
+
+            def restart() -> None:
+                for peer in live["peers"].values():
+                    peer.close()
+                live["peers"] = self._peers()
+                live["info"] = {k: peer.start() for k, peer in live["peers"].items()}
+
+            confirm_all(pairs, self.ab, deadline,
+                        lambda case, group: self._measure_case(live["peers"], live["info"], case, group, deadline),
+                        restart, log=self.log)
+            return pairs, live["info"]
         finally:
-            for p in peers.values():
-                p.close()
+            for peer in live["peers"].values():
+                peer.close()
 
     def _prepare(self, peers, case, names) -> dict[str, dict]:
         out = {}
@@ -203,15 +340,19 @@ class ABRun:
                 out[k] = {"failed": [], "ready": {}, "peer_error": (exc.status, str(exc))}
         return out
 
-    def _measure_case(self, peers, info, case, confirming: list[Pair] | None) -> list[Pair]:
+    def _measure_case(self, peers, info, case, confirming: list[Pair] | None, deadline: float) -> list[Pair]:
+        """One measurement of the case's pairs (all of them in the sweep, ``confirming`` in a confirmation):
+        validate and warm up on both sides, then rounds; every pair gets the measurement's verdict."""
         names = [p.impl for p in confirming] if confirming else [
             n for n in (self.impls or info["new"]["impls"]) if n in info["base"]["impls"] or n in info["new"]["impls"]]
         prep = self._prepare(peers, case, names)
-        pairs = confirming or [Pair(case, n) for n in names]
+        pairs = confirming or [Pair(case, n, threshold=self.threshold(case.op, "time")) for n in names]
         for pair in pairs:
+            pair.base_ms, pair.new_ms = [], []  # each measurement is judged on its own rounds only
             for k in ("base", "new"):
                 ready = prep[k]["ready"].get(pair.impl)
                 failed = next((o for o in prep[k]["failed"] if o.impl == pair.impl), None)
+                pair.error[k] = ""
                 if ready:
                     pair.status[k], pair.backend[k] = "ok", ready["backend"]
                 elif failed:
@@ -222,13 +363,13 @@ class ABRun:
                     pair.status[k], pair.error[k] = prep[k].get("peer_error", ("error", "no result"))
         timed = [p for p in pairs if p.status["base"] == "ok" and p.status["new"] == "ok"]
         try:
-            self._rounds(peers, prep, timed, fresh=confirming is not None)
+            self._rounds(peers, prep, timed, confirming is not None, deadline)
         except PeerError as exc:
             for p in timed:
                 side = "base" if exc.args[0].startswith("base") else "new"
                 p.status[side], p.error[side] = exc.status, str(exc)
         for p in pairs:
-            self._judge(p, confirming is not None)
+            self._judge(p)
         for peer in peers.values():
             try:
                 peer.request(("release",), self.timeout, "releasing")
@@ -236,19 +377,15 @@ class ABRun:
                 peer.kill()  # restarted for the next case
         return pairs
 
-    def _rounds(self, peers, prep, pairs: list[Pair], fresh: bool) -> None:
+    def _rounds(self, peers, prep, pairs: list[Pair], confirming: bool, deadline: float) -> None:
         from .timing import calibrate_loops
 
-        if fresh:  # keep the first measurement's rounds aside; the confirmation is judged on its own rounds
-            for p in pairs:
-                p.first_rounds = (p.base_ms, p.new_ms)
-                p.base_ms, p.new_ms = [], []
         loops = {p.impl: calibrate_loops(min(prep["base"]["ready"][p.impl]["call_ms"],
                                              prep["new"]["ready"][p.impl]["call_ms"]),
                                          self.device, self.timing.target_sample_ms) for p in pairs}
         spent = {p.impl: 0.0 for p in pairs}
+        schedule = {p.impl: Schedule(self.ab, confirming, p.threshold, deadline) for p in pairs}
         active = list(pairs)
-        min_rounds = max(self.ab.min_rounds, self.ab.confirm_rounds if fresh else 0)
         rnd = 0
         while active:
             for i, p in enumerate(active[rnd % len(active):] + active[:rnd % len(active)]):
@@ -259,22 +396,14 @@ class ABRun:
                     (p.base_ms if k == "base" else p.new_ms).append(ms)
                 spent[p.impl] += time.perf_counter() - t0
             rnd += 1
-            done = []
-            for p in active:
-                n = len(p.base_ms)
-                if n >= self.ab.max_rounds or (spent[p.impl] >= self.ab.max_seconds and n >= min_rounds):
-                    done.append(p)
-                elif n >= min_rounds and n % 5 == 0:
-                    r = paired_ratio(np.array(p.base_ms), np.array(p.new_ms), self.rng)
-                    if math.log(r.ci_high / r.ci_low) / 2 <= self.ab.rel_precision:
-                        done.append(p)
-            active = [p for p in active if p not in done]
+            active = [p for p in active if schedule[p.impl].more(p.base_ms, p.new_ms, spent[p.impl])]
 
-    def _judge(self, p: Pair, confirming: bool) -> None:
+    def _judge(self, p: Pair) -> None:
+        """This measurement's verdict from both sides' statuses and rounds, added to the pair's measurements."""
         sb, sn = p.status["base"], p.status["new"]
+        stats = None
         if sb == "ok" and sn == "ok" and p.base_ms:
-            p.stats = paired_ratio(np.array(p.base_ms), np.array(p.new_ms), self.rng)
-            v = classify(p.stats, self.threshold(p.case.op, "time"))
+            v, stats = timed_verdict(p.base_ms, p.new_ms, p.threshold)
         elif sb == "ok" and sn in FAILED:
             v = "broken"
         elif sn == "ok" and sb in FAILED:
@@ -283,18 +412,7 @@ class ABRun:
             v = "new case" if sb == "missing" else "missing"
         else:
             v = sb if sb == sn else f"{sb}→{sn}"
-        if not confirming:
-            p.first = p.verdict = v
-            return
-        p.verdict = confirm(p.first, v) if p.first in ("slower", "faster", "ambiguous") else v
-        p.note = f"first {p.first}, confirmation {v} ({len(p.base_ms)} fresh rounds)" if p.first != "same" else ""
-        if p.stats is not None and "ambiguous" in {p.first, v}:
-            verdict, pooled = settle(p.first, v, p.first_rounds, (p.base_ms, p.new_ms),
-                                     self.threshold(p.case.op, "time"), self.rng)
-            if pooled is not None:
-                p.verdict, p.stats = verdict, pooled
-                p.base_ms, p.new_ms = [*p.first_rounds[0], *p.base_ms], [*p.first_rounds[1], *p.new_ms]
-                p.note += f"; {classify(pooled, self.threshold(p.case.op, 'time'))} over all {pooled.n} rounds of both"
+        record(p, v, stats, self.ab)
 
     # -- instructions --
     def instructions(self, out_dir: Path) -> tuple[list[Pair], dict]:
@@ -322,16 +440,16 @@ class ABRun:
             names = [n for n in (self.impls or results["new"]["impls"])
                      if n in results["base"]["impls"] or n in results["new"]["impls"]]
             for n in names:
-                p = Pair(case, n)
+                p = Pair(case, n, threshold=self.threshold(case.op, "instructions"))
                 for k in ("base", "new"):
                     got = results[k]["counts"].get((case.key, n), ("missing", "not measured", "", None))
                     p.status[k], p.error[k], p.backend[k], p.instructions[k] = got
                 if p.status["base"] == "ok" and p.status["new"] == "ok":
                     r = p.instructions["new"] / p.instructions["base"]
-                    thr = self.threshold(case.op, "instructions")
+                    thr = p.threshold
                     p.verdict = p.first = "slower" if r > 1 + thr else "faster" if r < 1 - thr else "same"
                 else:
-                    self._judge(p, False)
+                    self._judge(p)
                 pairs.append(p)
         return pairs, {k: r["info"] for k, r in results.items()}
 
@@ -393,21 +511,31 @@ def count_suite(peer: Peer, cases, impls, timing, seed, timeout, log) -> dict:
 
 # ---- the command --------------------------------------------------------------------------------------------------
 def table(pairs: list[Pair], metric: str):
+    """One row per pair. Time: ratio, interval, p and the base/new medians are those of the pair's last timed
+    measurement; ``base_samples``/``new_samples`` hold every round of every measurement in order (``rounds`` in all,
+    ``measurement_rounds`` per measurement), ``measurements`` each measurement's own verdict, ``inconclusive`` why
+    an ``ambiguous`` verdict stayed undecided."""
     import pandas as pd
 
     rows = []
     for p in pairs:
+        timed = [m for m in p.measurements if m.stats is not None]
         row = {"case": _label(p.case), "impl": p.impl,
                "metric": metric, "base": math.nan, "new": math.nan, "ratio": math.nan, "ci_low": math.nan,
                "ci_high": math.nan, "p_value": math.nan, "verdict": p.verdict, "note": p.note,
                "case_key": p.case.key, "base_status": p.status["base"], "new_status": p.status["new"],
                "base_backend": p.backend["base"], "new_backend": p.backend["new"],
-               "error": p.error["new"] or p.error["base"], "rounds": len(p.base_ms)}
-        if metric == "time" and p.stats is not None:
-            row.update(base=float(np.median(p.base_ms)), new=float(np.median(p.new_ms)), ratio=p.stats.ratio,
-                       ci_low=p.stats.ci_low, ci_high=p.stats.ci_high, p_value=p.stats.p_value,
-                       base_samples=" ".join(f"{t:.6g}" for t in p.base_ms),
-                       new_samples=" ".join(f"{t:.6g}" for t in p.new_ms))
+               "error": p.error["new"] or p.error["base"], "rounds": sum(len(m.base_ms) for m in timed),
+               "measurements": " ".join(m.verdict for m in p.measurements),
+               "measurement_rounds": " ".join(str(len(m.base_ms)) for m in timed),
+               "inconclusive": p.inconclusive}
+        if metric == "time" and timed:
+            last = timed[-1]
+            row.update(base=float(np.median(last.base_ms)), new=float(np.median(last.new_ms)),
+                       ratio=last.stats.ratio, ci_low=last.stats.ci_low, ci_high=last.stats.ci_high,
+                       p_value=last.stats.p_value,
+                       base_samples=" ".join(f"{t:.6g}" for m in timed for t in m.base_ms),
+                       new_samples=" ".join(f"{t:.6g}" for m in timed for t in m.new_ms))
         if metric == "instructions" and p.instructions.get("base") and p.instructions.get("new"):
             r = p.instructions["new"] / p.instructions["base"]
             row.update(base=p.instructions["base"], new=p.instructions["new"], ratio=r, ci_low=r, ci_high=r)
@@ -486,7 +614,9 @@ def ab_command(args) -> int:
     if out:
         out.mkdir(parents=True, exist_ok=True)
     impls = select_impls(args.impl, args.compile_mode) if (args.impl or args.compile_mode) else None
-    run = ABRun(sides, cases, impls, args.device, threads, SUITES[args.suite].timing, ABTiming(), thresholds,
+    budget = getattr(args, "budget", None)
+    ab_timing = ABTiming() if budget is None else ABTiming(budget=budget)
+    run = ABRun(sides, cases, impls, args.device, threads, SUITES[args.suite].timing, ab_timing, thresholds,
                 args.seed, args.timeout, not args.no_progress)
     tables, infos = {}, {}
     scratch = None
@@ -513,6 +643,26 @@ def _mismatch(infos: dict) -> str | None:
     return None
 
 
+def inconclusive_lines(t) -> list[str]:
+    """One plain line per pair that stayed ambiguous: which, why, and what each measurement said."""
+    rows = [r for r in t.to_dict("records") if r["verdict"] == "ambiguous"]
+    return [f"INCONCLUSIVE {r['impl']} {r['case']}: {r.get('inconclusive') or 'undecided'}"
+            + (f" [{r['note']}]" if r["note"] else "") for r in rows]
+
+
+def gate(full, fail_on_ambiguous: bool) -> tuple[int, str]:
+    """The exit code of the verdicts (0 or 1) and one line saying why."""
+    flagged = full[full["verdict"].isin(["slower", "broken"])]
+    undecided = int((full["verdict"] == "ambiguous").sum())
+    parts = [f"{n} {v}" for v, n in flagged["verdict"].value_counts().items()]
+    if undecided:
+        parts.append(f"{undecided} inconclusive (" + ("failing: --fail-on-ambiguous" if fail_on_ambiguous else
+                                                      "not gated; --fail-on-ambiguous fails on them") + ")")
+    rc = 1 if len(flagged) or (fail_on_ambiguous and undecided) else 0
+    what = "regression" if len(flagged) else "inconclusive" if rc else "no confirmed regression"
+    return rc, f"ab gate: exit {rc}, {what}" + (": " + ", ".join(parts) if parts else "")
+
+
 def report(tables: dict, infos: dict, sides: dict, thresholds: dict, out: Path | None, args, seconds: float) -> int:
     import pandas as pd
 
@@ -520,12 +670,24 @@ def report(tables: dict, infos: dict, sides: dict, thresholds: dict, out: Path |
 
     full = pd.concat(list(tables.values()), ignore_index=True)
     desc = {k: f"{s.spec}" + (f" ({s.commit[:12]})" if s.commit else " (checkout as it is)") for k, s in sides.items()}
+    fail_on_ambiguous = bool(getattr(args, "fail_on_ambiguous", False))
+    rc, verdict_line = gate(full, fail_on_ambiguous)
     parts = []
     for metric, t in tables.items():
         thr = thresholds[(metric, None)]
         title = f"ab {metric}: new {desc['new']} vs base {desc['base']}, threshold ±{thr:.0%}"
         print_table(t, title)
         parts.append(markdown(t, title))
+        lines = inconclusive_lines(t)
+        if lines:
+            head = (f"{len(lines)} pair(s) stayed inconclusive — neither a confirmed change nor cleared; "
+                    + ("they fail the gate (--fail-on-ambiguous)" if fail_on_ambiguous
+                       else "they do not fail the gate unless --fail-on-ambiguous is given") + ":")
+            print(head, *lines, sep="\n", flush=True)
+            parts.append(f"#### Inconclusive ({len(lines)})\n\n{head}\n\n"
+                         + "".join(f"- {ln}\n" for ln in lines))
+    parts.append(f"**{verdict_line}**\n")
+    print(verdict_line, flush=True)
     print(f"ab finished in {seconds:.0f} s", flush=True)
     if args.json:
         atomic_write(Path(args.json), json.dumps(json_rows(full), indent=1) + "\n")
@@ -538,9 +700,10 @@ def report(tables: dict, infos: dict, sides: dict, thresholds: dict, out: Path |
         atomic_write(out / "ab-env.json", json.dumps({
             "sides": {k: {"spec": s.spec, "commit": s.commit, "checkout": str(s.checkout)} for k, s in sides.items()},
             "peers": infos, "argv": sys.argv[1:], "seconds": round(seconds, 1),
-            "thresholds": {f"{m}:{op or '*'}": v for (m, op), v in thresholds.items()}}, indent=1, default=str))
+            "thresholds": {f"{m}:{op or '*'}": v for (m, op), v in thresholds.items()},
+            "budget_s": getattr(args, "budget", None), "fail_on_ambiguous": fail_on_ambiguous}, indent=1, default=str))
     mismatch = _mismatch(infos)
     if mismatch:
         print(f"convbench ab: {mismatch}", file=sys.stderr)
         return 3
-    return 1 if full["verdict"].isin(["slower", "broken"]).any() else 0
+    return rc

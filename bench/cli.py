@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                                            "train_step=0.08; repeatable")
     a.add_argument("--timeout", type=_positive("--timeout"), default=300.0, metavar="S",
                    help="seconds a side may take to answer one request before it is killed")
+    a.add_argument("--budget", type=_positive("--budget"), default=900.0, metavar="S",
+                   help="wall-clock seconds of timing: the sweep always measures every pair; confirmations and the "
+                        "extra rounds of inconclusive ones are taken only within S of its start (default 900); what "
+                        "is left undecided is reported inconclusive")
+    a.add_argument("--fail-on-ambiguous", action="store_true",
+                   help="exit 1 also when a pair stays inconclusive (by default only a confirmed slower or a "
+                        "broken case fails)")
     a.add_argument("--json", type=Path, metavar="FILE", help="write the verdict rows as JSON")
     a.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (e.g. for a CI job)")
     a.add_argument("--out", type=Path, metavar="DIR", help="directory for ab.csv/json/md (with raw samples), "

@@ -4,8 +4,9 @@ Two ways to compare BASE with NEW, for two kinds of evidence:
 
 - **Paired** (``bench ab``): both sides are sampled in the same rounds, one sample each, back to back, the order
   alternating. The machine's state (frequency, neighbours, cache pollution) is shared within a round, so the
-  per-round ratio new/base cancels it; the estimate is the median of the per-round log-ratios, its 95% interval a
-  bootstrap over rounds, its p-value Wilcoxon's signed-rank test. This is what survives a shared runner.
+  per-round ratio new/base cancels it; the estimate is the median of the per-round log-ratios, its 95% interval the
+  distribution-free one from their order statistics, its p-value Wilcoxon's signed-rank test. This is what
+  survives a shared runner.
 - **Unpaired** (``bench compare`` of two stored runs): the runs saw different machine states. The ratio of
   medians with a bootstrap interval and a Mann–Whitney test measures sampling noise only, so it is corrected by the
   **drift** that the control implementation (the library, measured in the same rounds) shows between the runs:
@@ -15,12 +16,22 @@ Two ways to compare BASE with NEW, for two kinds of evidence:
 
 Verdicts, one rule for both (``classify``):
 ``slower``/``faster`` — significant (p < alpha, the widened interval excludes 1) and the estimate beyond the
-threshold; ``same`` — the widened interval lies inside 1 ± threshold; ``ambiguous`` — anything else.
+threshold; ``same`` — the widened interval lies inside 1 ± threshold; ``ambiguous`` — anything else, with the
+reason in words from ``explain`` (``too few samples`` when the test cannot reach alpha on that many samples at
+all, whatever the data: ``smallest_p``).
+
+``bench ab`` measures every suspect again in fresh processes and fresh rounds; ``settle`` turns the verdicts of
+those independent measurements into the gate's verdict: a change is flagged only when three measurements, each in
+its own pair of processes and judged on its own rounds (no pooling of the rounds that made a pair a suspect), agree
+on it and none contradicts; a confirmation that finds no change clears it; a failure of NEW in any measurement is
+``broken``; what stays undecided is said to be inconclusive.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,23 +93,45 @@ class Ratio:
         return Ratio(self.ratio, self.ci_low / f, self.ci_high * f, self.p_value, self.n)
 
 
-def paired_ratio(base: np.ndarray, new: np.ndarray, rng: np.random.Generator) -> Ratio:
-    """Samples taken in pairs (``base[i]`` and ``new[i]`` in round i): median per-round ratio, bootstrap interval
-    over rounds, Wilcoxon signed-rank p-value of the log-ratios."""
+@functools.cache
+def _order_rank(n: int) -> int:
+    """k (1-based) of the distribution-free 95% interval [x₍ₖ₎, x₍ₙ₊₁₋ₖ₎] of a median of n values: the largest k
+    with P(Binomial(n, ½) ≤ k − 1) ≤ 2.5% (the interval that inverts the sign test); 0 when n is too small."""
+    total, cum, k = 2 ** n, 0, 0
+    for i in range(n):
+        cum += math.comb(n, i)
+        if cum * 40 > total:
+            break
+        k = i + 1
+    return k
+
+
+def paired_ratio(base: np.ndarray, new: np.ndarray, rng: np.random.Generator | None = None) -> Ratio:
+    """Samples taken in pairs (``base[i]`` and ``new[i]`` in round i): median per-round ratio, its exact
+    distribution-free 95% interval (order statistics of the per-round log-ratios, coverage ≥ 95% whatever their
+    distribution; (0, inf) below 6 rounds), Wilcoxon signed-rank p-value of the log-ratios (1 below 5 rounds).
+    ``rng`` is not used (the interval needs no resampling); it is accepted for callers that pass one."""
     base, new = np.asarray(base, float), np.asarray(new, float)
-    d = np.log(new) - np.log(base)
+    d = np.sort(np.log(new) - np.log(base))
     n = len(d)
     if n == 0:
         return Ratio(math.nan, math.nan, math.nan, 1.0, 0)
     point = float(np.median(d))
     if n < 5:
         return Ratio(math.exp(point), 0.0, math.inf, 1.0, n)
-    meds = np.median(d[rng.integers(0, n, (BOOTSTRAP, n))], axis=1)
-    lo, hi = np.percentile(meds, [2.5, 97.5])
+    k = _order_rank(n)
+    lo, hi = (math.exp(d[k - 1]), math.exp(d[n - k])) if k else (0.0, math.inf)
     from scipy.stats import wilcoxon  # imported here: scipy.stats alone takes a second to import
 
     p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
-    return Ratio(math.exp(point), math.exp(lo), math.exp(hi), p, n)
+    return Ratio(math.exp(point), lo, hi, p, n)
+
+
+def paired_halfwidth(base, new) -> float:
+    """Half the log-width of ``paired_ratio``'s interval, without the test: how precise the rounds so far are."""
+    d = np.sort(np.log(np.asarray(new, float)) - np.log(np.asarray(base, float)))
+    k = _order_rank(len(d)) if len(d) >= 6 else 0
+    return float(d[len(d) - k] - d[k - 1]) / 2 if k else math.inf
 
 
 def unpaired_ratio(base: np.ndarray, new: np.ndarray, rng: np.random.Generator,
@@ -144,34 +177,115 @@ def classify(r: Ratio, threshold: float, alpha: float = 0.01, drift: float = 0.0
     return "ambiguous"
 
 
+def smallest_p(n: int, m: int | None = None) -> float:
+    """The smallest two-sided p-value the test can give on that many samples, whatever the data: Wilcoxon's
+    signed-rank test on ``n`` paired rounds (2/2ⁿ), or Mann–Whitney on ``n`` vs ``m`` unpaired samples
+    (2/C(n+m, n): 0.1 for 3 vs 3). At or above alpha the test cannot decide, however large the change."""
+    if n <= 0 or (m is not None and m <= 0):
+        return 1.0
+    return min(1.0, 2.0 / 2 ** n if m is None else 2.0 / math.comb(n + m, n))
+
+
+def fewest_samples(alpha: float = 0.01, paired: bool = True) -> int:
+    """The fewest rounds (paired) or samples per side (unpaired, equal sizes) at which the test can reach
+    p < alpha at all: 8 rounds, or 5 vs 5, for alpha = 0.01."""
+    n = 1
+    while smallest_p(n, None if paired else n) >= alpha:
+        n += 1
+    return n
+
+
+def explain(r: Ratio, threshold: float, alpha: float = 0.01, drift: float = 0.0, paired: bool = True) -> str:
+    """In words, why ``classify`` finds ``r`` ambiguous ('' when it does not): too few samples for the test to
+    decide at all, or an interval that reaches past the threshold. ``paired``: ``r`` is from ``paired_ratio``
+    (``r.n`` rounds), else from ``unpaired_ratio`` (``r.n`` samples on the smaller side)."""
+    if not math.isfinite(r.ratio):
+        return "no samples to compare"
+    if classify(r, threshold, alpha, drift) != "ambiguous":
+        return ""
+    need = fewest_samples(alpha, paired)
+    if r.n < need:
+        what = f"{r.n} rounds" if paired else f"{r.n} samples a side"
+        test = "Wilcoxon's signed-rank test" if paired else "Mann–Whitney's test"
+        return (f"too few samples: {what}, and {test} cannot reach p < {alpha:g} below {need} "
+                f"(its smallest p is {smallest_p(r.n, None if paired else r.n):.2g})")
+    w = r.widened(drift) if drift > 0 else r
+    band = f"±{threshold:.0%}"
+    interval = f"[{w.ci_low:.3f}, {w.ci_high:.3f}]"
+    if r.p_value < alpha and (w.ci_low > 1 or w.ci_high < 1):
+        return f"a change of {r.ratio - 1:+.1%}, within {band}, but its interval {interval} reaches past {band}"
+    return f"not significant (p={r.p_value:.2g}) and its interval {interval} reaches past {band}"
+
+
+#: verdicts of one timed measurement that make a pair a suspect worth confirming
+SUSPECT = ("slower", "faster", "ambiguous")
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The gate's verdict on one pair after its measurements; ``done`` False: a further confirmation could still
+    decide it (the verdict meanwhile is ``ambiguous``); ``why``: the reason in words when it is not plain."""
+
+    verdict: str
+    done: bool
+    why: str = ""
+
+
+def _named(i: int) -> str:
+    return "the sweep" if i == 0 else f"confirmation {i}"
+
+
+def settle(verdicts: Sequence[str], need: int = 3, passes: int = 3) -> Settled:
+    """The verdict of a paired A/B from the verdicts of its independent measurements: ``verdicts[0]`` the sweep's,
+    the rest those of confirmations, each in fresh processes and judged on its own fresh rounds only (the rounds that
+    made the pair a suspect are never pooled in). At most ``passes`` confirmations; rules, in order:
+
+    - NEW failed (``broken``) in any measurement, the confirmations included → ``broken``, a regression;
+    - the sweep found nothing to confirm (``same``, or a status such as ``fixed``/``missing``) → that verdict;
+    - a confirmation that finds no change (``same``) clears the suspicion → ``same``;
+    - ``need`` measurements — each in its own process pair, the sweep counted — say ``slower`` (``faster``) and
+      none says the opposite → ``slower`` (``faster``): by default the sweep and two confirmations, or three
+      confirmations of an ambiguous sweep;
+    - otherwise ``ambiguous``: not done while a confirmation pass is left (it may still flag or clear the pair),
+      inconclusive after the last (measurements that contradict each other never flag).
+
+    Why three: a per-process bias (one process pair's code placement, its core) makes a single measurement of an
+    unchanged pair say ``slower`` with some probability q (≈ 5% for a bias of sd 3% against a 5% threshold); the
+    gate flags it with probability ≈ q^need (tests/test_verdicts.py)."""
+    if not verdicts:
+        return Settled("ambiguous", False, "not measured yet")
+    first, conf = verdicts[0], list(verdicts[1:])
+    if "broken" in verdicts:
+        i = verdicts.index("broken")
+        return Settled("broken", True, "" if i == 0 else f"NEW failed in {_named(i)}, in fresh processes "
+                                                         "(the sweep timed it)")
+    if first not in SUSPECT:
+        return Settled(first, True)
+    if not conf:
+        return Settled("ambiguous", False, "awaiting confirmation")
+    if "same" in conf:
+        return Settled("same", True, f"{_named(conf.index('same') + 1)}, in fresh processes, found no change")
+    said = ", ".join(f"{_named(i)} {v}" for i, v in enumerate(verdicts))
+    directions = {v for v in verdicts if v in ("slower", "faster")}
+    if len(directions) == 1 and list(verdicts).count(next(iter(directions))) >= need:
+        return Settled(directions.pop(), True)
+    if len(conf) < passes:  # another confirmation may still flag it, or clear it
+        return Settled("ambiguous", False, f"not settled yet ({said})")
+    if len(directions) > 1:
+        return Settled("ambiguous", True, f"inconclusive: the measurements contradict each other ({said})")
+    return Settled("ambiguous", True, f"inconclusive: fewer than {need} of {len(verdicts)} measurements in separate "
+                                      f"process pairs agree on a change ({said})")
+
+
 def confirm(first: str, second: str) -> str:
-    """The verdict after a confirmation re-measurement: a change is flagged only when two independent
-    measurements agree on it; a confirmation that finds no change clears the suspicion; anything else stays
-    ambiguous."""
+    """Two measurements, the second a confirmation in fresh processes: a change is flagged only when both agree on
+    it; a confirmation that finds no change clears the suspicion; a failure of NEW in either is ``broken``; anything
+    else stays ambiguous. (``bench ab`` itself asks three measurements to agree: ``settle``.)"""
+    if "broken" in (first, second):
+        return "broken"
     if second == "same":
         return "same"
-    if first == second:
-        return first
-    return "ambiguous"
-
-
-def settle(first: str, second: str, first_rounds, second_rounds, threshold: float, rng: np.random.Generator,
-           alpha: float = 0.01) -> tuple[str, Ratio | None]:
-    """The verdict of a paired A/B after its confirmation, and the pooled ratio when pooling decided it.
-
-    Two measurements that agree, or a confirmation that finds no change, settle it (``confirm``). Where one of them
-    is ambiguous and the other is not contradicted, all rounds of both are judged together: a change is flagged only
-    when the pooled rounds say the same as the measurement that was not ambiguous (two ambiguous measurements take
-    the pooled verdict). ``*_rounds`` are (base, new) sample lists."""
-    pair = {first, second}
-    if "ambiguous" not in pair or not pair <= {"ambiguous", "slower", "faster"}:
-        return confirm(first, second), None
-    base = np.asarray([*first_rounds[0], *second_rounds[0]], float)
-    new = np.asarray([*first_rounds[1], *second_rounds[1]], float)
-    pooled = paired_ratio(base, new, rng)
-    verdict = classify(pooled, threshold, alpha)
-    wanted = (pair - {"ambiguous"}) or {verdict}
-    return (verdict if verdict in wanted else "ambiguous"), pooled
+    return first if first == second else "ambiguous"
 
 
 def control_drift(log_ratios: np.ndarray, normalized: bool) -> float:
