@@ -230,7 +230,7 @@ def test_compare_cli_outputs_exit_codes_and_environment_mismatch(tmp_path, capsy
     assert {r["verdict"] for r in rows if r["impl"] == "naive"} == {"slower"}
     assert "| slower |" in (tmp_path / "o.md").read_text()
     assert compare_runs(a, c) == 3  # thread counts differ
-    assert compare_runs(a, c, allow_env_mismatch=True) in (0, 1)
+    assert compare_runs(a, c, allow_env_mismatch=True) == 0, "the same code under another thread count, when allowed"
     assert compare_runs(a, b, threshold=1.5) == 2
     assert compare_runs(a, tmp_path / "nothing") == 2
     out = capsys.readouterr().out

@@ -3,6 +3,8 @@ call comes before the start event and is sized from that call's host time; host 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -62,8 +64,13 @@ def test_host_overhead_is_wall_time_beyond_the_device_time():
 
 def test_cpu_samples_time_the_wall_clock_and_never_sleep(fake_cuda):
     calls = []
-    s = Sampler("impl", fn=lambda: calls.append(1), loops=5, host_ms=1.0)
-    assert take_sample(s, "cpu", None, None) >= 0 and len(calls) == 5 and fake_cuda == []
+
+    def two_ms():
+        calls.append(1)
+        time.sleep(0.002)
+    s = Sampler("impl", fn=two_ms, loops=5, host_ms=1.0)
+    ms = take_sample(s, "cpu", None, None)
+    assert 2.0 <= ms < 50 and len(calls) == 5 and fake_cuda == [], f"{ms} ms per call: the wall time of each call"
 
 
 SPIN = "import time\nt = time.time()\nwhile time.time() - t < 20: pass"
