@@ -8,11 +8,10 @@ Two ways to compare BASE with NEW, for two kinds of evidence:
   distribution-free one from their order statistics, its p-value Wilcoxon's signed-rank test. This is what
   survives a shared runner.
 - **Unpaired** (``bench compare`` of two stored runs): the runs saw different machine states. The ratio of
-  medians with a bootstrap interval and a Mann–Whitney test measures sampling noise only, so it is corrected by the
-  **drift** that the control implementation (the library, measured in the same rounds) shows between the runs:
-  with ``normalize`` the ratio is taken relative to the control's ratio on the same case, and the remaining
-  case-to-case scatter of the control's ratios widens every interval (a change smaller than that drift is
-  ``ambiguous``, never a regression).
+  medians with a bootstrap interval and a Mann–Whitney test measures sampling noise only; ``bench/compare.py``
+  corrects it by each case's shared factor between the runs (its control's ratio, outvoted by the case's other
+  implementations), carries the control's own noise and the between-run scatter into every interval, and
+  Holm-adjusts the p-values over the pairs of one comparison (see its docstring).
 
 Verdicts, one rule for both (``classify``):
 ``slower``/``faster`` — significant (p < alpha, the widened interval excludes 1) and the estimate beyond the
