@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("new", type=Path, nargs="?")
     c.add_argument("--threshold", type=float, help="relative change that counts (default 0.10 time, 0.01 "
                                                    "instructions)")
-    c.add_argument("--alpha", type=float, default=0.01, help="significance level of the whole comparison (p-values are Holm-adjusted over its pairs)")
+    c.add_argument("--alpha", type=float, default=0.01, help="significance level of the whole comparison "
+                                                            "(p-values Holm-adjusted over its pairs)")
     c.add_argument("--normalize", default="auto", metavar="IMPL|none",
                    help="compare times relative to this implementation measured in the same rounds (default: "
                         "cudnn when both runs have it) or none")
