@@ -90,7 +90,18 @@ def test_unsupported_rows_say_nothing_ran():
 def test_cudnn_rows_carry_the_library_settings():
     status, backend, facts, error = run_case(Case("conv2d", IM2COL_BRANCHES[0][0]), "cudnn")
     assert status == "ok", error
-    assert backend == "onednn" and facts["cudnn"] == {"onednn": True}
+    json.dumps(facts)  # a results cell
+    assert backend == "onednn" and facts["cudnn"]["onednn"] is True
+    # the label is observed on the validation call (tests/test_observed.py has the rest)
+    assert "aten::mkldnn_convolution" in facts["cudnn"]["observed"]["aten_ops"]
+
+
+def test_cudnn_train_step_rows_are_observed_and_say_their_backward_is_not():
+    status, backend, facts, error = run_case(Case("train_step", TrainProblem(batch=4)), "cudnn")
+    assert status == "ok", error
+    json.dumps(facts)
+    assert backend == "onednn", backend  # every layer's forward, observed
+    assert facts["cudnn"]["backward"].startswith("not observed")
 
 
 COMPILE_CASES = [
