@@ -180,7 +180,7 @@ def serve(conn: Connection, device: str, threads: int) -> None:
                 _, name, calls = msg
                 if counter is None:
                     raise RuntimeError("this peer does not run under valgrind")
-                conn.send(("ok", counter.count(ready[name].sampler.fn, calls)))
+                conn.send(("ok", counter.count(ready[name].sampler.fn, calls, label=f"{case.key} {name}")))
             elif msg[0] == "release":
                 ready = {}
                 gc.collect()

@@ -7,7 +7,12 @@ path (bench.measure.prepare_case)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +165,215 @@ def test_onednn_verbose_lines_are_parsed_in_both_formats():
     ])
     assert cudnn.onednn_primitives(log) == ["convolution:brg_conv_fwd:avx2:forward_training", "reorder:jit:uni",
                                             "convolution:gemm:jit:backward_data"]
+
+
+# ---- instruction counts: nothing in the counted window depends on what the process did before it (item 10) -------
+#: a process that allocates a 1 MiB buffer (a conv's output or workspace) after one of two histories and says
+#: whether glibc mmapped it or carved it from the heap: two code paths of different length inside a counted window
+ALLOCATOR_CHILD = r"""
+import ctypes, sys
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                               "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+libc.mallinfo2.restype = Mallinfo2
+if sys.argv[1] == "big":  # one large block allocated and freed: glibc's dynamic mmap/trim thresholds rise to it
+    libc.free(libc.malloc(8 << 20))
+before = libc.mallinfo2().hblks
+p = libc.malloc(1 << 20)
+print("mmapped" if libc.mallinfo2().hblks > before else "heap")
+libc.free(p)
+"""
+
+
+def _allocation_path(history: str, env: dict) -> str:
+    got = subprocess.run([sys.executable, "-c", ALLOCATOR_CHILD, history], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr[-2000:]
+    return got.stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_counted_process_allocates_the_same_way_whatever_it_freed_before():
+    """glibc moves its mmap threshold (and the trim threshold with it) up to the largest block freed so far, for the
+    whole process: the same 1 MiB buffer is mmapped in one history and carved from the heap in another, two code
+    paths of different length inside a window. The process under valgrind runs with both thresholds fixed
+    (bench.callgrind.ENV), so it takes one path whatever ran before."""
+    from bench import callgrind
+
+    assert {_allocation_path(h, {"GLIBC_TUNABLES": ""}) for h in ("none", "big")} == {"mmapped", "heap"}  # the hazard
+    assert {_allocation_path(h, callgrind.ENV) for h in ("none", "big")} == {"heap"}
+
+
+def _fake_dump(out: Path) -> None:
+    (out / f"callgrind.out.{os.getpid()}.1").write_text("events: Ir\ntotals: 2000\n")
+
+
+@pytest.mark.skipif(not (Path("/usr/include/valgrind/callgrind.h").exists() and shutil.which("cc")),
+                    reason="needs valgrind's callgrind.h and a C compiler (the client-request helper)")
+def test_a_window_opens_after_as_many_uncounted_calls_as_it_counts(tmp_path):
+    """The window's calls find the state its own calls leave (allocator, specialised bytecode, lazy caches), and
+    nothing is looked up for the first time inside it."""
+    from bench.callgrind import Counter
+
+    counter = Counter(tmp_path)
+    events = []
+    counter._begin, counter._end = (lambda: events.append("begin")), (lambda: events.append("end"))
+    _fake_dump(tmp_path)
+    assert counter.count(lambda: events.append("call"), 3) == 2000 / 3
+    assert events == ["call"] * 3 + ["begin"] + ["call"] * 3 + ["end"]
+
+
+def test_the_valgrind_peer_warms_up_by_a_count_not_a_time(tmp_path, monkeypatch):
+    """bench.timing.warm_up calls for ``warmup_ms`` (2–10 calls at valgrind's speed, as the machine allows): under
+    valgrind the peer asks for exactly its 2 calls, so the heap a window finds does not depend on the clock."""
+    import gc
+    import threading
+    from multiprocessing import Pipe
+
+    import bench.measure
+    from bench import peer
+
+    seen = []
+    monkeypatch.setattr(bench.measure, "prepare_case", lambda case, impls, timing, seed, report: seen.append(timing)
+                        or {})
+    monkeypatch.setenv("CONVBENCH_CALLGRIND_OUT", str(tmp_path))
+    monkeypatch.setattr("bench.callgrind.Counter.__init__", lambda self, out: None)
+    ours, theirs = Pipe()
+    threads = torch.get_num_threads()
+    server = threading.Thread(target=peer.serve, args=(theirs, "cpu", threads), daemon=True)
+    try:
+        server.start()
+        assert ours.recv()[0] == "ok"  # the peer's hello
+        ours.send(("prepare", Case("conv2d", ONEDNN_CONV), [], SMOKE_TIMING, 0))
+        assert ours.recv()[0] == "ok"
+        ours.send(("stop",))
+        server.join(30)
+    finally:
+        gc.enable()  # serve() samples without the collector
+    assert SMOKE_TIMING.warmup_ms > 0 and [t.warmup_ms for t in seen] == [0.0]
+
+
+SYNTHETIC_DUMP = """# callgrind format
+version: 1
+positions: line
+events: Ir
+summary: 18446744073708441128
+
+fl=(1) ???
+fn=(10) conv_step
+0 5000
+cfl=(2) malloc.c
+cfn=(11) malloc
+calls=3 0
+0 900
+cfn=(12) free
+calls=3 0
+0 600
+cfn=(13) operator new(unsigned long)
+calls=1 0
+0 350
+cfn=(14) cg_begin
+calls=1 0
+0 18446744073695275678
+
+fn=(13)
+0 50
+cfn=(11)
+calls=1 0
+0 300
+
+fn=(11)
+0 700
+cfn=(15) _int_malloc
+calls=4 0
+0 500
+
+fn=(16) realloc
+0 40
+cfn=(11)
+calls=1 0
+0 200
+
+fn=(17) _int_memalign.constprop.0
+0 10
+cfn=(12)
+calls=1 0
+0 30
+
+totals: 10000
+"""
+
+
+def test_a_window_splits_into_the_allocator_and_the_rest(tmp_path):
+    """Calls from outside glibc's allocator into its entry points are the allocator's share (``operator new`` →
+    ``malloc`` included); calls among the allocator's own functions are inside it already, and a wrapped-around
+    cost (a client request's edge) is never added."""
+    from bench.callgrind import Window, split_window
+
+    path = tmp_path / "callgrind.out.1.1"
+    path.write_text(SYNTHETIC_DUMP)
+    got = split_window(path)
+    assert got == Window(total=10000, allocator=900 + 600 + 300, allocator_calls=3 + 3 + 1)
+    assert got.counted == 10000 - 1800
+
+
+@pytest.mark.skipif(not (Path("/usr/include/valgrind/callgrind.h").exists() and shutil.which("cc")),
+                    reason="needs valgrind's callgrind.h and a C compiler (the client-request helper)")
+def test_a_row_counts_the_window_without_the_allocator_and_keeps_the_split(tmp_path):
+    from bench.callgrind import Counter
+
+    counter = Counter(tmp_path)
+    counter._begin = counter._end = lambda: None
+    (tmp_path / f"callgrind.out.{os.getpid()}.1").write_text(SYNTHETIC_DUMP)
+    assert counter.count(lambda: None, 4, label="case impl") == (10000 - 1800) / 4
+    line = json.loads((tmp_path / "windows.jsonl").read_text())
+    assert line == {"dump": f"callgrind.out.{os.getpid()}.1", "label": "case impl", "calls": 4, "total": 10000,
+                    "allocator": 1800, "allocator_calls": 7, "per_call": 2050.0}
+
+
+#: a process under Callgrind that counts one call after one of two heap histories that the interpreter cannot tell
+#: apart: 2000 blocks of random sizes allocated, then all freed (argv[1] == "0") or every other one kept ("1")
+HISTORY_CHILD = r"""
+import ctypes, random, sys
+sys.path.insert(0, sys.argv[3])
+from bench.callgrind import Counter
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+keep, rng, blocks = sys.argv[1] == "1", random.Random(1), (ctypes.c_void_p * 2000)()
+for i in range(2000):
+    blocks[i] = libc.malloc(rng.randrange(16, 70000))
+for i in range(2000):
+    if not (keep and i % 2):
+        libc.free(blocks[i])
+SIZES = (16384, 4608, 8192, 300, 40000, 2048)
+def call():  # a conv's buffers: allocated, written, freed
+    bufs = [libc.malloc(n) for n in SIZES]
+    for p, n in zip(bufs, SIZES):
+        libc.memset(p, 0, n)
+    for p in reversed(bufs):
+        libc.free(p)
+print(Counter(sys.argv[2]).count(call, 20))
+"""
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None or not Path("/usr/include/valgrind/callgrind.h").exists(),
+                    reason="needs valgrind and its callgrind.h")
+def test_a_count_does_not_depend_on_the_heap_the_process_built_before(tmp_path):
+    """The same call counted after two heap histories (2000 blocks of random sizes, all freed or every other one
+    kept): glibc's malloc/free execute different paths on the two heaps, the rest of the call does not — a row
+    counts the rest (bench.callgrind.split_window)."""
+    from bench import callgrind
+
+    repo = Path(__file__).resolve().parent.parent
+    counts = []
+    for keep in ("0", "1"):
+        out = tmp_path / f"history-{keep}"
+        out.mkdir()
+        cmd = [*callgrind.command(out), sys.executable, "-c", HISTORY_CHILD, keep, str(out), str(repo)]
+        got = subprocess.run(cmd, env={**os.environ, **callgrind.ENV}, capture_output=True, text=True, timeout=600)
+        assert got.returncode == 0, got.stderr[-2000:]
+        counts.append(float(got.stdout.split()[-1]))
+    assert abs(counts[1] / counts[0] - 1) < 1e-3, counts
