@@ -244,7 +244,7 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
         supervisor.cut = None
     elif opts.metric == "instructions":
         supervisor = InstructionSupervisor(out, opts.device, opts.timeout)
-        mode = "callgrind,instructions-per-call,arch=x86-64-v3"
+        mode = "callgrind,instructions-per-call-outside-malloc,arch=x86-64-v3"  # glibc malloc/free left out
     else:
         cache_env, env["compile_cache"], cache_dir = compile_caches(opts.warm_cache)
         supervisor = Supervisor(WorkerConfig(opts.device, threads, _worker_env() + cache_env,
