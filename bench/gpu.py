@@ -44,12 +44,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .faults import parse as parse_faults
-from .schema import UsageError, atomic_write
+from .pack import pack
+from .schema import UsageError, atomic_write, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 #: seconds one implementation may spend in one phase of a case (a hung kernel costs this much of the window)
@@ -337,12 +339,7 @@ def precompile_items(planned: list[tuple[str, int]], rehearse: bool = False) -> 
 
 # ---- what a phase left on disk (read here, without torch, also when its process was killed) ------------------------
 def row_statuses(run_dir: Path) -> dict[str, int]:
-    from .gpu_pytest import read
-
-    out: dict[str, int] = {}
-    for r in read(run_dir / "results.jsonl"):
-        out[r.get("status", "?")] = out.get(r.get("status", "?"), 0) + 1
-    return out
+    return dict(Counter(r.get("status", "?") for r in read_jsonl(run_dir / "results.jsonl")))
 
 
 def write_configs_csv(rows: list[dict], path: Path) -> None:
@@ -357,17 +354,17 @@ def write_configs_csv(rows: list[dict], path: Path) -> None:
 def partial(out: Path, name: str, rehearse: bool) -> dict:
     """What a phase that did not finish had streamed to disk: its figures for the record, and its files completed
     (junit XML of the tests that ran, configs.csv of the configs checked)."""
-    from .gpu_pytest import counts, junit, read
+    from .gpu_pytest import counts, junit
 
     if name == "checks":
-        tests = read(out / "pytest.jsonl")
+        tests = read_jsonl(out / "pytest.jsonl")
         junit(tests, out / "pytest-window.xml", note="the checks phase was killed at its deadline; tests not listed "
                                                      "did not run")
-        done = read(out / "precompile.jsonl")
-        return {"tests": counts(tests), "precompiled": {"finished": len(done), **counts(
-            [{"outcome": d.get("status", "?")} for d in done])}}
+        done = read_jsonl(out / "precompile.jsonl")
+        return {"tests": counts(tests),
+                "precompiled": {"finished": len(done), **Counter(d.get("status", "?") for d in done)}}
     if name == "configs":
-        rows = [row for line in read(out / "configs.jsonl") for row in line.get("rows", [])]
+        rows = [row for line in read_jsonl(out / "configs.jsonl") for row in line.get("rows", [])]
         write_configs_csv(rows, out / "configs.csv")
         return {"configs_checked": len(rows), "failing": sum(r["status"] != "ok" for r in rows)}
     if name in {r.name for r in suite_runs(rehearse)}:
@@ -679,12 +676,17 @@ def gpu_command(args) -> int:
     hosts = Hosts(out, rehearse, _phase_env(out, rehearse))
     real = phases(costs, hosts, rehearse)
 
-    def finish(window: Window) -> None:
+    def finish(window: Window, interrupted: bool | None = None) -> list[str]:
+        """summary.md, phases.json and the archive, as they stand now: after every phase, and at the end (when
+        ``interrupted`` is known, phases.json also keeps the summary)."""
         lines = summary(out, window.records, rehearse)
         atomic_write(out / "summary.md", "\n".join(lines) + "\n")
+        extra = None if interrupted is None else {"summary": lines, "interrupted": interrupted}
+        window.write(extra)
         if args.pack is not None:
-            manifest = pack_window(out, args.pack, name)
-            window.write({"archive": {k: manifest[k] for k in ("archive_bytes", "left_out")}})
+            manifest = pack(out, args.pack, name)
+            window.write({**(extra or {}), "archive": {k: manifest[k] for k in ("archive_bytes", "left_out")}})
+        return lines
 
     def stop(signum, _frame):
         raise Interrupted(signal.Signals(signum).name)
@@ -699,11 +701,7 @@ def gpu_command(args) -> int:
         for s in old:  # the last writes are not to be cut by a second signal
             signal.signal(s, signal.SIG_IGN)
         hosts.close()
-    lines = summary(out, window.records, rehearse)
-    atomic_write(out / "summary.md", "\n".join(lines) + "\n")
-    window.write({"summary": lines, "interrupted": interrupted})
-    if args.pack is not None:
-        pack_window(out, args.pack, name)
+    lines = finish(window, interrupted)
     for s, h in old.items():
         signal.signal(s, h)
     print("\n".join(lines))
@@ -712,12 +710,6 @@ def gpu_command(args) -> int:
     if interrupted:
         return 130
     return 0 if all(r["status"] in ("ok", "skipped") for r in window.records) else 1
-
-
-def pack_window(out: Path, archive: Path, name: str) -> dict:
-    from .pack import pack
-
-    return pack(out, archive, name)
 
 
 def unpack_command(archive: Path, into: Path | None) -> int:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,7 @@ from .faults import inject
 from .gpu import CONFIG_PARTS, ROOT, config_layers, precompile_items, row_statuses, suite_runs, write_configs_csv
 from .gpu_pytest import ENV as PYTEST_STREAM
 from .gpu_pytest import counts, junit
-from .gpu_pytest import read as read_stream
-from .schema import atomic_write
+from .schema import atomic_write, read_jsonl
 
 #: configs run per kernel launch in a rehearsal (the interpreter is slow; on a GPU: every pruned config)
 REHEARSAL_CONFIG_LIMIT = 2
@@ -113,12 +113,12 @@ def run_pool(fn, items: list, workers: int, deadline: float, stream: Path, rehea
 
     slots = [start() for _ in range(max(1, min(workers, len(items))))]
     started()
-    finished, following, states, cut = 0, 0, {}, False
+    finished, following, states, cut = 0, 0, Counter(), False
 
     def record(index: int, result: dict) -> None:
         nonlocal finished
         finished += 1
-        states[result.get("status", "ok")] = states.get(result.get("status", "ok"), 0) + 1
+        states[result.get("status", "ok")] += 1
         with open(stream, "a") as f:
             f.write(json.dumps({"index": index, "item": describe(items[index]), **result}) + "\n")
 
@@ -263,7 +263,7 @@ def checks_phase(ctx: Context, units: int, deadline: float, planned) -> dict:
             pass
         tests.wait()
         rc = "killed at the deadline"
-    lines = read_stream(stream)
+    lines = read_jsonl(stream)
     junit(lines, out / "pytest-window.xml", note="" if rc != "killed at the deadline"
           else f"pytest was killed at its deadline after {time.monotonic() - t0:.0f} s; tests not listed did not run")
     c = counts(lines)
@@ -291,7 +291,7 @@ def configs_phase(ctx: Context, units: int, deadline: float, planned) -> dict:
     stream.unlink(missing_ok=True)
     pool = run_pool(check_item, items, _workers(ctx.rehearse, len(items)), deadline, stream, ctx.rehearse,
                     lambda it: f"{it[1]} {it[0]}", started=lambda: inject("configs"))
-    rows = [row for line in read_stream(stream) for row in line.get("rows", [])]
+    rows = [row for line in read_jsonl(stream) for row in line.get("rows", [])]
     write_configs_csv(rows, ctx.out / "configs.csv")
     bad = [r for r in rows if r["status"] != "ok"]
     complete = pool["finished"] == len(items) and not pool.get("crashed")

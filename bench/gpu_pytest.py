@@ -3,7 +3,8 @@
 pytest writes its junit XML only when it ends; the GPU window kills its checks at a deadline, and a killed pytest
 would leave nothing. This plugin appends one line per test (nodeid, outcome, seconds, a short reason) to the file
 named by ``CONVBENCH_PYTEST_STREAM``, flushed at once — under xdist from the controller only, which receives every
-worker's reports — and ``junit`` turns such a file into junit XML after the fact, whatever became of pytest.
+worker's reports — and ``junit`` turns such a file (``bench.schema.read_jsonl``) into junit XML after the fact,
+whatever became of pytest.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
 from .faults import inject
@@ -46,23 +48,9 @@ def pytest_runtest_logreport(report) -> None:
             f.write(json.dumps(line) + "\n")
 
 
-def read(path: Path) -> list[dict]:
-    """The streamed lines (a line cut short by a kill is ignored)."""
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def counts(lines: list[dict]) -> dict[str, int]:
-    c: dict[str, int] = {}
-    for r in lines:
-        c[r["outcome"]] = c.get(r["outcome"], 0) + 1
-    return c
+    """Tests per outcome."""
+    return dict(Counter(r["outcome"] for r in lines))
 
 
 def junit(lines: list[dict], target: Path, name: str = "convbench-gpu-window", note: str = "") -> None:

@@ -81,6 +81,12 @@ def library_settings(device) -> dict:
 
 
 # ---- observation ---------------------------------------------------------------------------------------------------
+def _problem(seen: dict, observer: str, why) -> None:
+    """Note why an observer saw nothing (an exception or a sentence) in ``seen["problems"]``."""
+    text = f"{type(why).__name__}: {str(why)[:160]}" if isinstance(why, BaseException) else why
+    seen.setdefault("problems", []).append(f"{observer}: {text}")
+
+
 @contextlib.contextmanager
 def aten_ops(seen: dict):
     """Record the names of the ATen ops dispatched inside the block into ``seen["aten_ops"]`` (the legacy autograd
@@ -92,7 +98,7 @@ def aten_ops(seen: dict):
         prof = profiler_legacy.profile()
         prof.__enter__()
     except Exception as exc:  # noqa: BLE001 — observation is best effort; its failure is reported, not raised
-        seen.setdefault("problems", []).append(f"aten ops: {type(exc).__name__}: {str(exc)[:160]}")
+        _problem(seen, "aten ops", exc)
         yield
         return
     try:
@@ -102,7 +108,7 @@ def aten_ops(seen: dict):
             prof.__exit__(None, None, None)
             seen["aten_ops"] = [e.name for e in prof.function_events]
         except Exception as exc:  # noqa: BLE001
-            seen.setdefault("problems", []).append(f"aten ops: {type(exc).__name__}: {str(exc)[:160]}")
+            _problem(seen, "aten ops", exc)
 
 
 def _onednn_env_verbose() -> bool:
@@ -118,11 +124,11 @@ def onednn_log(seen: dict):
     process asked for oneDNN's verbose output itself (ONEDNN_VERBOSE: its lines are the user's, and switching it
     off afterwards would end them)."""
     if not torch.backends.mkldnn.is_available():
-        seen.setdefault("problems", []).append("onednn log: oneDNN is not available")
+        _problem(seen, "onednn log", "oneDNN is not available")
         yield
         return
     if _onednn_env_verbose():
-        seen.setdefault("problems", []).append("onednn log: ONEDNN_VERBOSE is set by the process, not captured")
+        _problem(seen, "onednn log", "ONEDNN_VERBOSE is set by the process, not captured")
         yield
         return
     stack = contextlib.ExitStack()  # undoes the redirection and the verbose mode, last step first
@@ -144,7 +150,7 @@ def onednn_log(seen: dict):
         stack.close()
         if sink is not None:
             sink.close()
-        seen.setdefault("problems", []).append(f"onednn log: {type(exc).__name__}: {str(exc)[:160]}")
+        _problem(seen, "onednn log", exc)
         yield
         return
     try:
@@ -155,7 +161,7 @@ def onednn_log(seen: dict):
             sink.seek(0)
             seen["onednn"] = onednn_primitives(sink.read().decode(errors="replace"))
         except Exception as exc:  # noqa: BLE001
-            seen.setdefault("problems", []).append(f"onednn log: {type(exc).__name__}: {str(exc)[:160]}")
+            _problem(seen, "onednn log", exc)
         finally:
             sink.close()
 
