@@ -330,11 +330,13 @@ class ABRun:
             for peer in live["peers"].values():
                 peer.close()
 
-    def _prepare(self, peers, case, names) -> dict[str, dict]:
+    def _prepare(self, peers, info, case, names) -> dict[str, dict]:
+        # both sides' calls go through the same harness path: bound (Implementation.bind) only when both have it
+        public = not all(i.get("bind") for i in info.values())
         out = {}
         for k, peer in peers.items():
             try:
-                out[k] = peer.request(("prepare", case, names, self.timing, self.seed), self.timeout,
+                out[k] = peer.request(("prepare", case, names, self.timing, self.seed, public), self.timeout,
                                       f"preparing {case.key}")
             except PeerError as exc:
                 out[k] = {"failed": [], "ready": {}, "peer_error": (exc.status, str(exc))}
@@ -345,7 +347,7 @@ class ABRun:
         validate and warm up on both sides, then rounds; every pair gets the measurement's verdict."""
         names = [p.impl for p in confirming] if confirming else [
             n for n in (self.impls or info["new"]["impls"]) if n in info["base"]["impls"] or n in info["new"]["impls"]]
-        prep = self._prepare(peers, case, names)
+        prep = self._prepare(peers, info, case, names)
         pairs = confirming or [Pair(case, n, threshold=self.threshold(case.op, "time")) for n in names]
         for pair in pairs:
             pair.base_ms, pair.new_ms = [], []  # each measurement is judged on its own rounds only
@@ -425,10 +427,19 @@ class ABRun:
                          self.device, 1, {**callgrind.ENV, "CONVBENCH_CALLGRIND_OUT": str(dirs[k])},
                          callgrind.command(dirs[k]), start_timeout=900.0) for k, s in self.sides.items()}
         results: dict[str, dict] = {}
+        started: dict[str, dict] = {}
+        both = threading.Barrier(len(peers))
 
         def count_side(k: str) -> None:
-            results[k] = count_suite(peers[k], self.cases, self.impls, self.timing, self.seed, self.timeout * 20,
-                                     self.log if k == "new" else lambda _: None)
+            try:
+                started[k] = peers[k].start()
+            except PeerError as exc:
+                started[k] = {"error": str(exc)}
+            both.wait()  # both sides count through the same harness path (see _prepare)
+            public = not all(i.get("bind") for i in started.values())
+            results[k] = (count_suite(peers[k], self.cases, self.impls, self.timing, self.seed, self.timeout * 20,
+                                      self.log if k == "new" else lambda _: None, public)
+                          if "error" not in started[k] else {"info": started[k], "impls": [], "counts": {}})
 
         threads = [threading.Thread(target=count_side, args=(k,)) for k in peers]  # the two sides in parallel:
         for t in threads:  # counts do not depend on the machine's load
@@ -466,15 +477,16 @@ def window_calls(case) -> int:
     return max(3, min(20, int(2e9 / work)))
 
 
-def count_cases(peer: Peer, cases, impls, timing, seed, timeout):
+def count_cases(peer: Peer, cases, impls, timing, seed, timeout, public: bool = False):
     """Instruction counts in one peer process (under valgrind), case by case: validate and warm up as for timing,
-    then one window of a few calls per implementation. Yields (case, {impl: (status, error, backend, count)})."""
+    then one window of a few calls per implementation. Yields (case, {impl: (status, error, backend, count)}).
+    ``public``: count the public methods' calls (``bench.measure.bound``)."""
     info = peer.info or peer.start()
     for case in cases:
         names = [n for n in (impls or info["impls"]) if n in info["impls"]]
         counts = {}
         try:
-            prep = peer.request(("prepare", case, names, timing, seed), timeout, f"preparing {case.key}")
+            prep = peer.request(("prepare", case, names, timing, seed, public), timeout, f"preparing {case.key}")
         except PeerError as exc:
             yield case, {n: (exc.status, str(exc), "", None) for n in names}
             continue
@@ -493,15 +505,15 @@ def count_cases(peer: Peer, cases, impls, timing, seed, timeout):
         yield case, counts
 
 
-def count_suite(peer: Peer, cases, impls, timing, seed, timeout, log) -> dict:
+def count_suite(peer: Peer, cases, impls, timing, seed, timeout, log, public: bool = False) -> dict:
     """Every count of ``count_cases``, collected: {"info", "impls", "counts": {(case key, impl): …}}."""
     try:
-        info = peer.start()
+        info = peer.info or peer.start()
     except PeerError as exc:
         return {"info": {"error": str(exc)}, "impls": [], "counts": {}}
     counts: dict = {}
     try:
-        for i, (case, got) in enumerate(count_cases(peer, cases, impls, timing, seed, timeout), 1):
+        for i, (case, got) in enumerate(count_cases(peer, cases, impls, timing, seed, timeout, public), 1):
             counts.update({(case.key, n): v for n, v in got.items()})
             log(f"[instructions {i}/{len(cases)}] {case.key}")
     finally:

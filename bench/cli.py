@@ -208,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     ho.add_argument("--calls", type=_count("--calls"), default=2000, help="calls per timed block")
     ho.add_argument("--repeats", type=_count("--repeats"), default=7, help="timed blocks per case")
     ho.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    sc = sub.add_parser("selfcheck", help="the harness's timing of cudnn against torch.utils.benchmark.Timer (and "
+                                          "triton.testing.do_bench on a GPU) on the same F.* calls; exit 1 when the "
+                                          "median ratio is off by more than --tolerance")
+    sc.add_argument("--suite", default="smoke", choices=sorted(SUITE_NAMES), help="whose conv and pool cases "
+                                                                                  "(default: smoke)")
+    sc.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    sc.add_argument("--rounds", type=_count("--rounds", 6), default=21, help="paired rounds per case (default 21)")
+    sc.add_argument("--tolerance", type=_positive("--tolerance"), default=0.03,
+                    help="how far from 1 the median ratio may be (default 0.03)")
+    sc.add_argument("--threads", type=_count("--threads"), help="intra-op CPU threads (default: as run)")
+    sc.add_argument("--seed", type=_count("--seed", 0), default=0, help="input data seed")
+    sc.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     ls = sub.add_parser("list", help="implementations and their availability, suites and their case counts")
     ls.add_argument("--suite", choices=sorted(SUITE_NAMES), help="also list that suite's cases")
     ls.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -293,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             from .hostcost import host_overhead_command
 
             return host_overhead_command(args)
+        if args.command == "selfcheck":
+            from .selfcheck import selfcheck_command
+
+            return selfcheck_command(args)
         if args.command == "merge":
             from .merge import merge_runs
 

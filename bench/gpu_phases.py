@@ -11,6 +11,7 @@ the CPU, the Triton checks and compiles under the interpreter.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import multiprocessing.connection
@@ -182,7 +183,7 @@ def precompile_item(item, rehearse: bool) -> dict:
     import kernels
     from kernels.triton import tuning
 
-    from .measure import Expected, build_call, make_grad_out
+    from .measure import Expected, build_call, grad_mode, make_grad_out
 
     limit = REHEARSAL_CONFIG_LIMIT if rehearse else 64
     if item[0] == "config":
@@ -201,14 +202,16 @@ def precompile_item(item, rehearse: bool) -> dict:
             expected = Expected({})
             if case.op == "conv2d_backward":
                 expected.grad_out = make_grad_out(case, case.problem.make_inputs(case.device, 0))
-            call, _ = build_call(impl, case, 0, expected)
+            with grad_mode(case):
+                call, _ = build_call(impl, case, 0, expected)
     n, errors = 0, []
-    for i, cfg, out in tuning.each_config(call, limit, clamp=True):
-        n += 1
-        if isinstance(out, Exception):
-            errors.append(f"config {i} {cfg.get('config')}: {type(out).__name__}: {out}"[:300])
-        if not rehearse:
-            torch.cuda.synchronize()
+    with grad_mode(case) if item[0] != "config" else contextlib.nullcontext():  # as the timed calls run
+        for i, cfg, out in tuning.each_config(call, limit, clamp=True):
+            n += 1
+            if isinstance(out, Exception):
+                errors.append(f"config {i} {cfg.get('config')}: {type(out).__name__}: {out}"[:300])
+            if not rehearse:
+                torch.cuda.synchronize()
     done = {"status": "ok" if not errors else "error", "forced_configs": n, "errors": errors[:5]}
     if not n:  # pooling: no forced launch; the call ran, and the kernels' own autotuner compiled every config
         done["note"] = "compiled by the kernels' own autotuner"

@@ -47,6 +47,13 @@ def set_precision(dtype: str) -> None:
     torch.backends.cudnn.allow_tf32 = tf32
 
 
+def grad_mode(case: Case) -> torch.autograd.grad_mode.set_grad_enabled:
+    """The grad mode a case is validated and timed under, set once around it (never per call): autograd recording
+    only for a training step; forward rows are inference, and a backward row's gradients are computed by the
+    autograd engine whatever the mode (its graph is built with grad enabled on the untimed first call)."""
+    return torch.set_grad_enabled(case.op == "train_step")
+
+
 @dataclass
 class Expected:
     """The oracle's answer for a case, computed once from the same (dtype-rounded) inputs every impl gets."""
@@ -84,7 +91,8 @@ def expected_for(case: Case, seed: int) -> Expected:
         return Expected(tensors, output=getattr(oracle, case.op)(ref["input"], **p.kwargs()))
     if case.op == "conv2d_backward":
         leaves = [v.requires_grad_(True) for v in ref.values() if v is not None]
-        out = oracle.conv2d(ref["input"], ref["weight"], ref["bias"], **p.kwargs())
+        with torch.enable_grad():  # the oracle's graph, whatever the case's grad mode
+            out = oracle.conv2d(ref["input"], ref["weight"], ref["bias"], **p.kwargs())
         grad_out = make_grad_out(case, tensors)
         grads = torch.autograd.grad(out, leaves, grad_out.double())
         return Expected(tensors, grads=grads, grad_out=grad_out)
@@ -92,30 +100,31 @@ def expected_for(case: Case, seed: int) -> Expected:
 
 
 def fresh_inputs(case: Case, seed: int, requires_grad: bool) -> dict:
-    return case.problem.make_inputs(case.device, seed, requires_grad=requires_grad)
+    """The case's inputs drawn from ``seed``; leaves that require grad when asked, whatever the grad mode."""
+    with torch.set_grad_enabled(requires_grad or torch.is_grad_enabled()):
+        return case.problem.make_inputs(case.device, seed, requires_grad=requires_grad)
 
 
 def build_call(impl, case: Case, seed: int, expected: Expected,
-               phase: Callable[[str], None] | None = None) -> tuple[Callable[[], object], Callable[[object], Check]]:
+               phase: Callable[[str], None] | None = None, inputs: dict | None = None,
+               public: bool = False) -> tuple[Callable[[], object], Callable[[object], Check]]:
     """The zero-argument callable to time for this (impl, case), and how to check what it returns. ``phase(stage)``
-    announces each long step of the setup (a train_step case's checked steps, one watchdog phase each)."""
+    announces each long step of the setup (a train_step case's checked steps, one watchdog phase each).
+    ``inputs``: the tensors to bind (``fresh_inputs`` of the case; default: drawn here).
+
+    A forward op's callable is ``impl.bind(op, …)``: the public method's argument checks run here, once, and each
+    call does only the implementation's own work — no check, no grad-mode switch (the caller sets ``grad_mode``
+    once around validation and sampling, and builds the call under it too: torch.compile keys its graphs on it).
+    ``public``: time the public method instead, checks and all, per call (see ``bound``)."""
     p, dtype = case.problem, case.dtype
     if case.op == "train_step":
         return train_call(impl, case, seed, phase=phase)
     if case.op == "conv2d":
-        t = fresh_inputs(case, seed, False)
-        kw = p.kwargs()
-
-        def call():
-            with torch.no_grad():
-                return impl.conv2d(t["input"], t["weight"], t["bias"], **kw)
+        t = inputs or fresh_inputs(case, seed, False)
+        call = bound(impl, "conv2d", public, t["input"], t["weight"], t["bias"], **p.kwargs())
         return call, lambda out: check(out, expected.output, dtype)
     if case.op in ("max_pool2d", "avg_pool2d"):
-        x, kw, fn = fresh_inputs(case, seed, False)["input"], p.kwargs(), getattr(impl, case.op)
-
-        def call():
-            with torch.no_grad():
-                return fn(x, **kw)
+        call = bound(impl, case.op, public, (inputs or fresh_inputs(case, seed, False))["input"], **p.kwargs())
 
         def verify(out):
             if isinstance(expected.output, tuple):
@@ -123,10 +132,30 @@ def build_call(impl, case: Case, seed: int, expected: Expected,
             return check(out, expected.output, dtype)
         return call, verify
     if case.op == "conv2d_backward":
-        t = fresh_inputs(case, seed, True)
+        t = inputs or fresh_inputs(case, seed, True)
         return BackwardCall(impl, t, p.kwargs(), expected.grad_out), \
             lambda grads: combine(*(check(g, e, dtype) for g, e in zip(grads, expected.grads)))
     raise ValueError(f"measure: op {case.op!r} is not measured here")
+
+
+#: the provenance fact of a row timed through the public method (``bound``)
+PUBLIC_PATH = ("the public method per call, argument checks included: these kernels predate Implementation.bind, "
+               "or bench ab times both sides this way because one side's kernels do")
+
+
+def has_bind(impl) -> bool:
+    return callable(getattr(impl, "bind", None))
+
+
+def bound(impl, op: str, public: bool, *args, **kwargs) -> Callable[[], object]:
+    """``impl.bind(op, …)``; or, when ``public`` or the implementation predates ``bind`` (a BASE revision's kernels
+    under ``bench ab``, a plugin on an older base class), a closure calling the public method — the rows say so
+    (``PUBLIC_PATH`` in their provenance), and ``bench ab`` then times both sides that way so the harness's path
+    never differs between them."""
+    if not public and has_bind(impl):
+        return impl.bind(op, *args, **kwargs)
+    fn = getattr(impl, op)
+    return lambda: fn(*args, **kwargs)
 
 
 class BackwardCall:
@@ -143,8 +172,8 @@ class BackwardCall:
         self.forward_record = None
 
     def __call__(self):
-        if self.out is None:
-            with kernels.recording() as self.forward_record:
+        if self.out is None:  # the untimed first call builds the graph, with grad enabled whatever the case's mode
+            with kernels.recording() as self.forward_record, torch.enable_grad():
                 self.out = self.impl.conv2d(self.t["input"], self.t["weight"], self.t["bias"], **self.kwargs)
         return torch.autograd.grad(self.out, self.leaves, self.grad_out, retain_graph=True)
 
@@ -203,9 +232,21 @@ class Prepared:
 
 def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 0,
                  phase: Callable[[str, str], None] = lambda impl, stage: None,
-                 report: Callable[[Outcome], None] = lambda o: None) -> dict[str, Prepared]:
+                 report: Callable[[Outcome], None] = lambda o: None,
+                 inputs: dict | None = None, public: bool = False) -> dict[str, Prepared]:
     """Validate every implementation on ``case`` against the oracle and warm up the correct ones; ``report`` each
-    outcome that is final already (unsupported, skipped, error, mismatch); return the rest, ready to time."""
+    outcome that is final already (unsupported, skipped, error, mismatch); return the rest, ready to time.
+    ``inputs``: tensors to bind every implementation's call to (``fresh_inputs(case, seed, …)``; ``bench
+    selfcheck`` hands the same ones to an independent timer); default: fresh ones per implementation.
+
+    ``public``: time each forward op through its public method (``bound``; bench ab across the change to ``bind``).
+
+    Runs under ``grad_mode(case)``; so must the samplers' calls (``measure_case`` sets it around the whole case)."""
+    with grad_mode(case):
+        return _prepare_case(case, impl_names, timing, seed, phase, report, inputs, public)
+
+
+def _prepare_case(case, impl_names, timing, seed, phase, report, inputs, public) -> dict[str, Prepared]:
     set_precision(case.dtype)
     if case.device == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -228,11 +269,13 @@ def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
         try:
             with kernels.recording() as setup:  # inputs (and, for backward and train rows, what they need)
                 call, verify = build_call(impl, case, seed, expected,
-                                          phase=lambda stage, name=name: phase(name, stage))
+                                          phase=lambda stage, name=name: phase(name, stage), inputs=inputs,
+                                          public=public)
             # compile_s starts here, on existing inputs: the first timed-callable call compiles / autotunes
             t0 = time.perf_counter()
             with kernels.recording() as first:
-                result = call()
+                observed = getattr(impl, "observed_call", None)  # absent from kernels that predate bind
+                result = observed(case.op, call, case.problem, case.device) if observed else call()
                 synchronize(case.device)
             first_s = getattr(call, "first_step_s", None) or time.perf_counter() - t0
             verdict = verify(result)
@@ -241,6 +284,8 @@ def prepare_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
             continue
         ran = _what_ran(first, setup, getattr(call, "forward_record", None))
         backend, facts = impl.ran(case.op, case.device, case.problem, ran), ran.facts or None
+        if case.op in kernels.OPS and (public or not has_bind(impl)):
+            facts = {**(facts or {}), "timed": PUBLIC_PATH}
         abs_err, rel_err = _errs(verdict)
         if not verdict.ok:
             report(Outcome(name, "mismatch", verdict.detail, backend, max_abs_err=abs_err, max_rel_err=rel_err,
@@ -291,6 +336,11 @@ def measure_case(case: Case, impl_names: list[str], timing: Timing, seed: int = 
     initialised, re-initialised after a CUDA-graph capture) is in it. ``profile``: also label each GPU row with the
     kernels one steady call launches (``gpu_kernels`` in its provenance, a torch.profiler session per row); by
     default only when ``after_timing`` is given, i.e. under ``run --profile``."""
+    with grad_mode(case):  # once around validation, sampling and what follows; never per call
+        _measure_case(case, impl_names, timing, seed, phase, report, after_timing, profile)
+
+
+def _measure_case(case, impl_names, timing, seed, phase, report, after_timing, profile) -> None:
     profile = after_timing is not None if profile is None else profile
     ready = prepare_case(case, impl_names, timing, seed, phase, report)
     if not ready:

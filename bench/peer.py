@@ -135,7 +135,7 @@ def serve(conn: Connection, device: str, threads: int) -> None:
     import kernels
     from reference import __file__ as reference_file
 
-    from .measure import prepare_case
+    from .measure import grad_mode, has_bind, prepare_case
     from .timing import L2Flush, SleepClock, enqueue_ms, take_sample
 
     torch.set_num_threads(threads)
@@ -148,7 +148,8 @@ def serve(conn: Connection, device: str, threads: int) -> None:
     conn.send(("ok", {"threads": torch.get_num_threads(), "impls": list(defaults),
                       "kernels": str(Path(kernels.__file__).resolve().parent),
                       "reference": str(Path(reference_file).resolve().parent), "pid": os.getpid(),
-                      "load_errors": dict(kernels.load_errors())}))
+                      "load_errors": dict(kernels.load_errors()),
+                      "bind": all(has_bind(kernels.get(n)) for n in kernels.names())}))
     flush = L2Flush() if device == "cuda" else None
     clock = SleepClock() if device == "cuda" else None
     ready: dict = {}
@@ -159,12 +160,13 @@ def serve(conn: Connection, device: str, threads: int) -> None:
             if msg[0] == "stop":
                 return
             if msg[0] == "prepare":
-                _, case, impls, timing, seed = msg
+                _, case, impls, timing, seed, public = msg
                 if counter is not None:  # under valgrind: warm up by a count (2 calls), not for a time, so that
                     # the heap a window finds does not depend on the clock (bench/callgrind.py)
                     timing = dataclasses.replace(timing, warmup_ms=0.0)
                 outcomes = []
-                ready = prepare_case(case, impls, timing, seed, report=outcomes.append)
+                ready = prepare_case(case, impls, timing, seed, report=outcomes.append, public=public)
+                grad_mode(case)  # called, set_grad_enabled sets the mode: the case's samples and counts run under it
                 conn.send(("ok", {"failed": outcomes, "ready": {
                     n: {"backend": p.outcome.backend, "call_ms": p.call_ms, "loops": p.sampler.loops,
                         "first_s": p.first_s, "jit": kernels.get(n).jit, "max_abs_err": p.outcome.max_abs_err,

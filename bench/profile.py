@@ -395,14 +395,16 @@ def profile_timed(case, timed: dict, out: Path, calls: int | None = None, announ
 def profile_cases(cases: list, impls: list[str], out: Path, timing, seed: int = 0,
                   calls: int | None = None, log=print) -> list[dict]:
     """Validate and warm up every implementation on each case (as bench run does), then profile the correct ones."""
-    from .measure import prepare_case
+    from .measure import grad_mode, prepare_case
 
     summaries = []
     for case in cases:
         failed = []
-        ready = prepare_case(case, impls, timing, seed, report=failed.append)
+        with grad_mode(case):  # the profiled calls run as the timed ones do
+            ready = prepare_case(case, impls, timing, seed, report=failed.append)
+            profiled = profile_timed(case, ready, out, calls)
         summaries += [not_profiled(case, o.impl, o.status, o.error, out) for o in failed]
-        for s in profile_timed(case, ready, out, calls):
+        for s in profiled:
             summaries.append(s)
             log(f"{case.key} {s['impl']}: " + (f"{s['wall ms']:.3g} ms per call, {s['calls']} calls → {s['trace']}"
                                                 if s["status"] == "ok" else f"{s['status']}: {s['reason']}"))

@@ -8,6 +8,8 @@ that each implementation file provides. Implementations contain no timing code: 
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -28,31 +30,51 @@ _CHECKED: dict[tuple, ConvProblem] = {}
 
 
 def _plain(v):
-    """``v`` when it is an int, a str or a tuple of ints (so equal keys mean equal arguments: no bools, which hash
-    like ints but are refused); else TypeError, and the call is checked in full."""
-    if type(v) is int or type(v) is str or (type(v) is tuple and all(type(e) is int for e in v)):
+    """``v`` when it is None, an int, a str or a tuple of ints, ``(bool, v)`` for a bool (so equal keys mean equal
+    arguments: a bool hashes like an int, and where an int is refused so must the bool be); else TypeError, and the
+    call is checked in full."""
+    if v is None or type(v) is int or type(v) is str or (type(v) is tuple and all(type(e) is int for e in v)):
         return v
+    if type(v) is bool:
+        return (bool, v)
     raise TypeError
+
+
+def _tensor_key(t) -> tuple:
+    return (type(t), t.shape, t.stride(), t.dtype, t.device)
+
+
+def _remember(key: tuple, check, args: tuple):
+    p = _CHECKED.get(key)
+    if p is None:
+        p = check(*args)
+        if len(_CHECKED) >= 4096:
+            _CHECKED.clear()
+        _CHECKED[key] = p
+    return p
 
 
 def checked_conv2d(input, weight, bias, stride, padding, dilation, groups) -> ConvProblem:
     """``reference.conv2d_problem`` remembered per argument signature (types, shapes, strides, dtypes, devices and
     the plain int/str/tuple arguments): the checks cost ~20 µs of Python per call, more than a small conv's GPU
     kernel. Only calls that passed the full check are remembered; anything unusual is checked in full again."""
+    args = (input, weight, bias, stride, padding, dilation, groups)
     try:
-        key = (type(input), input.shape, input.stride(), input.dtype, input.device,
-               type(weight), weight.shape, weight.stride(), weight.dtype, weight.device,
-               None if bias is None else (type(bias), bias.shape, bias.stride(), bias.dtype, bias.device),
+        key = ("conv2d", _tensor_key(input), _tensor_key(weight), None if bias is None else _tensor_key(bias),
                _plain(stride), _plain(padding), _plain(dilation), _plain(groups))
     except (AttributeError, TypeError):  # not a tensor, a list argument, …: the full check names the problem
-        return conv2d_problem(input, weight, bias, stride, padding, dilation, groups)
-    p = _CHECKED.get(key)
-    if p is None:
-        p = conv2d_problem(input, weight, bias, stride, padding, dilation, groups)
-        if len(_CHECKED) >= 4096:
-            _CHECKED.clear()
-        _CHECKED[key] = p
-    return p
+        return conv2d_problem(*args)
+    return _remember(key, conv2d_problem, args)
+
+
+def checked_pool2d(check, *args) -> PoolProblem:
+    """``check(input, …)`` (``reference.max_pool2d_problem`` / ``avg_pool2d_problem``) remembered like
+    ``checked_conv2d``: a training step calls its pools with the same arguments every step."""
+    try:
+        key = (check, _tensor_key(args[0]), *map(_plain, args[1:]))
+    except (AttributeError, TypeError):
+        return check(*args)
+    return _remember(key, check, args)
 
 
 class Implementation:
@@ -130,7 +152,8 @@ class Implementation:
 
     def max_pool2d(self, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                    return_indices=False):
-        p = max_pool2d_problem(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        p = checked_pool2d(max_pool2d_problem, input, kernel_size, stride, padding, dilation, ceil_mode,
+                           return_indices)
         self._require(input.device)
         x = input if input.dim() == 4 else input.unsqueeze(0)
         out, indices = self._max_pool2d(x, p)
@@ -140,11 +163,66 @@ class Implementation:
 
     def avg_pool2d(self, input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                    divisor_override=None):
-        p = avg_pool2d_problem(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        p = checked_pool2d(avg_pool2d_problem, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                           divisor_override)
         self._require(input.device)
         x = input if input.dim() == 4 else input.unsqueeze(0)
         out = self._avg_pool2d(x, p)
         return out if input.dim() == 4 else out.squeeze(0)
+
+    # ---- a call bound once, for timing -----------------------------------------------------------------------
+    def bind(self, op: str, *args, **kwargs) -> Callable[[], object]:
+        """``getattr(self, op)(*args, **kwargs)`` as a zero-argument callable, with every check of the public method
+        done now, once: argument checks (they raise here, as the call would), the device check, the 3-D → 4-D view.
+        Each call of the result does only this implementation's own work for that call and returns what the public
+        method returns — it is what ``bench`` times. By default it calls the hook (``_conv2d`` …) on the checked
+        problem; an implementation overrides ``_bind_conv2d`` / ``_bind_max_pool2d`` / ``_bind_avg_pool2d`` to bind
+        its steady-state call more directly (cudnn: the ``torch.nn.functional`` function itself)."""
+        if op not in OPS:
+            raise ValueError(f"{self.name}.bind: 'op' must be one of {', '.join(OPS)}, got {op!r}")
+        bound = inspect.signature(getattr(type(self), op)).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        del a["self"]
+        x = a["input"]
+        if op == "conv2d":
+            p = checked_conv2d(x, a["weight"], a["bias"], a["stride"], a["padding"], a["dilation"], a["groups"])
+        elif op == "max_pool2d":
+            p = checked_pool2d(max_pool2d_problem, *a.values())
+        else:
+            p = checked_pool2d(avg_pool2d_problem, *a.values())
+        self._require(x.device)
+        x4 = x if x.dim() == 4 else x.unsqueeze(0)
+        if op == "conv2d":
+            call = self._bind_conv2d(x4, a["weight"], a["bias"], p)
+        else:
+            call = getattr(self, f"_bind_{op}")(x4, p)
+        if x.dim() == 4:
+            return call
+        if op == "max_pool2d" and p.return_indices:
+            return lambda: tuple(t.squeeze(0) for t in call())
+        return lambda: call().squeeze(0)
+
+    def _bind_conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     p: ConvProblem) -> Callable[[], torch.Tensor]:
+        hook = self._conv2d
+        return lambda: hook(x, weight, bias, p)
+
+    def _bind_max_pool2d(self, x: torch.Tensor, p: PoolProblem) -> Callable[[], object]:
+        hook = self._max_pool2d
+        if p.return_indices:
+            return lambda: hook(x, p)
+        return lambda: hook(x, p)[0]
+
+    def _bind_avg_pool2d(self, x: torch.Tensor, p: PoolProblem) -> Callable[[], torch.Tensor]:
+        hook = self._avg_pool2d
+        return lambda: hook(x, p)
+
+    def observed_call(self, op: str, call: Callable[[], object], problem, device):
+        """Make the bench's untimed validation call of a bound ``call`` (inside ``kernels.recording()``) and return
+        its result. By default just ``call()``: the hooks note what they ran as they run. An implementation whose
+        bound call is a plain library function observes it from outside instead (cudnn)."""
+        return call()
 
     # ---- hooks ----------------------------------------------------------------------------------------------------
     def _conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: ConvProblem):

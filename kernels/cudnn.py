@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 import tempfile
@@ -237,13 +238,33 @@ class Cudnn(Implementation):
             return record.backend or self.backend(op, device, problem)
         return PREDICTED + self.backend(op, device, problem)
 
+    def _observe_conv(self, run, p: ConvProblem, device):
+        """``run()`` (one F.conv2d call) observed, its backend and the library's settings noted."""
+        out, label, facts = observe_conv(run, p, device)
+        if out.requires_grad:  # a backward row's label is this forward's: its backward runs in the autograd
+            facts["backward"] = BACKWARD_UNOBSERVED  # engine, outside any call of ours
+        note(backend=label, cudnn={**library_settings(device), **facts})
+        return out
+
+    def observed_call(self, op: str, call, problem, device):
+        """A bound conv is plain ``F.conv2d``: its validation call is observed from outside (``observe_conv``)."""
+        if op == "conv2d" and active():
+            return self._observe_conv(call, problem, device)
+        return call()
+
+    # the timed calls: exactly the torch.nn.functional call, arguments bound
+    def _bind_conv2d(self, x, weight, bias, p: ConvProblem):
+        return functools.partial(F.conv2d, x, weight, bias, **p.kwargs())
+
+    def _bind_max_pool2d(self, x, p: PoolProblem):
+        return functools.partial(F.max_pool2d, x, **p.kwargs())
+
+    def _bind_avg_pool2d(self, x, p: PoolProblem):
+        return functools.partial(F.avg_pool2d, x, **p.kwargs())
+
     def _conv2d(self, x, weight, bias, p: ConvProblem):
-        if active():  # the bench's validation call: observe what runs, and with which settings
-            out, label, facts = observe_conv(lambda: F.conv2d(x, weight, bias, **p.kwargs()), p, x.device)
-            if out.requires_grad:  # a backward row's label is this forward's: its backward runs in the autograd
-                facts["backward"] = BACKWARD_UNOBSERVED  # engine, outside any call of ours
-            note(backend=label, cudnn={**library_settings(x.device), **facts})
-            return out
+        if active():  # a recorded call (a backward row's forward, a training step's validation): observe it
+            return self._observe_conv(lambda: F.conv2d(x, weight, bias, **p.kwargs()), p, x.device)
         return F.conv2d(x, weight, bias, **p.kwargs())
 
     def _max_pool2d(self, x, p: PoolProblem):

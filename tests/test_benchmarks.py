@@ -15,7 +15,7 @@ import torch
 from conftest import HAS_CUDA
 
 import kernels
-from bench.measure import build_call, expected_for, set_precision
+from bench.measure import build_call, expected_for, grad_mode, set_precision
 from bench.suites import SUITES
 
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
@@ -32,14 +32,15 @@ def test_smoke_case(benchmark, request, case, name):
     if impl.jit and request.config.getoption("benchmark_disable"):
         pytest.skip(f"{name} compiles every problem; its smoke cases run under --benchmark-only")
     set_precision(case.dtype)
-    call, verify = build_call(impl, case, 0, expected_for(case, 0))
-    result = verify(call())
-    assert result.ok, result.detail
-    benchmark.group = case.key
-    benchmark.extra_info.update(op=case.op, impl=name, flops=case.flops(), bytes=case.bytes_moved(),
-                                max_abs_err=result.max_abs_err,
-                                backend=impl.backend(case.op, case.device, case.problem))
-    if case.device == "cuda":
-        benchmark.pedantic(lambda: (call(), torch.cuda.synchronize()), rounds=50, warmup_rounds=5)
-    else:
-        benchmark(call)
+    with grad_mode(case):  # as bench run: the call bound once, the grad mode set around it, not per call
+        call, verify = build_call(impl, case, 0, expected_for(case, 0))
+        result = verify(call())
+        assert result.ok, result.detail
+        benchmark.group = case.key
+        benchmark.extra_info.update(op=case.op, impl=name, flops=case.flops(), bytes=case.bytes_moved(),
+                                    max_abs_err=result.max_abs_err,
+                                    backend=impl.backend(case.op, case.device, case.problem))
+        if case.device == "cuda":
+            benchmark.pedantic(lambda: (call(), torch.cuda.synchronize()), rounds=50, warmup_rounds=5)
+        else:
+            benchmark(call)

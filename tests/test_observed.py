@@ -236,8 +236,8 @@ def test_the_valgrind_peer_warms_up_by_a_count_not_a_time(tmp_path, monkeypatch)
     from bench import peer
 
     seen = []
-    monkeypatch.setattr(bench.measure, "prepare_case", lambda case, impls, timing, seed, report: seen.append(timing)
-                        or {})
+    monkeypatch.setattr(bench.measure, "prepare_case",
+                        lambda case, impls, timing, seed, report, public: seen.append(timing) or {})
     monkeypatch.setenv("CONVBENCH_CALLGRIND_OUT", str(tmp_path))
     monkeypatch.setattr("bench.callgrind.Counter.__init__", lambda self, out: None)
     ours, theirs = Pipe()
@@ -246,7 +246,7 @@ def test_the_valgrind_peer_warms_up_by_a_count_not_a_time(tmp_path, monkeypatch)
     try:
         server.start()
         assert ours.recv()[0] == "ok"  # the peer's hello
-        ours.send(("prepare", Case("conv2d", ONEDNN_CONV), [], SMOKE_TIMING, 0))
+        ours.send(("prepare", Case("conv2d", ONEDNN_CONV), [], SMOKE_TIMING, 0, False))
         assert ours.recv()[0] == "ok"
         ours.send(("stop",))
         server.join(30)
