@@ -125,6 +125,8 @@ def ab(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Static checks: ruff over the whole tree."""
+    """Static checks: ruff over the whole tree, then the import contracts of pyproject.toml (lint-imports: the layers
+    of bench/, ARCHITECTURE.md). .ci/run calls it after ``tests``."""
     py = _python(session)
     session.run(py, "-m", "ruff", "check", ".", *session.posargs, external=True)
+    session.run(str(pathlib.Path(py).parent / "lint-imports"), "--no-cache", external=True)

@@ -24,10 +24,11 @@ import pkgutil
 import traceback
 
 from ._provenance import Record, note, recording
+from ._provenance import merge as merge_facts
 from .base import OPS, Implementation, device_type
 
 __all__ = ["Implementation", "OPS", "device_type", "register", "names", "get", "all_implementations", "recording",
-           "note", "Record", "default_names", "load_errors", "builtin_load_errors"]
+           "note", "Record", "merge_facts", "default_names", "load_errors", "builtin_load_errors"]
 
 #: display order of the built-in implementations; others follow in registration order
 ORDER = ("naive", "im2col", "cudnn", "compile", "compile-max-autotune", "compile-max-autotune-no-cudagraphs",

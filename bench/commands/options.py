@@ -1,0 +1,67 @@
+"""The command-line options several commands share: argparse types that refuse with a one-line reason (exit 2),
+and the case and implementation filters of ``run`` and ``ab``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..measure.select import COMPILE_MODES
+from ..measure.suites import SUITE_NAMES
+from ..runs.schema import CASE_OPS
+
+DTYPES = ["float32", "tf32", "float16", "bfloat16", "float64"]
+LAYOUTS = ["nchw", "channels_last"]
+DEVICES = ["cpu", "cuda"]
+
+
+def filters(p, default_suite: str) -> None:
+    """The case and implementation filters that run and ab share."""
+    p.add_argument("--suite", default=default_suite, choices=sorted(SUITE_NAMES),
+                   help=f"which cases (default: {default_suite})")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    p.add_argument("--impl", nargs="+", metavar="NAME",
+                   help="implementations to run (default: all registered except opt-in variants such as "
+                        "compile-max-autotune)")
+    p.add_argument("--compile-mode", nargs="+", metavar="MODE",
+                   choices=COMPILE_MODES,
+                   help="torch.compile modes to run, each its own implementation (compile, compile-max-autotune, "
+                        "compile-max-autotune-no-cudagraphs); replaces the compile variants of the selection")
+    p.add_argument("--op", nargs="+", choices=CASE_OPS, help="operations to run (default: all in the suite)")
+    p.add_argument("--dtype", nargs="+", choices=DTYPES)
+    p.add_argument("--layout", nargs="+", choices=LAYOUTS)
+    p.add_argument("--where", action="append", metavar="AXIS=V[,V]",
+                   help="keep cases whose results column AXIS (batch, in_channels, out_channels, height, width, "
+                        "kernel, stride, padding, dilation, groups) takes one of the values; repeatable. "
+                        "device_name=TEXT[,TEXT] picks machines instead: those whose device name contains a TEXT "
+                        "(case-insensitive; with --executor ray, the nodes that take cases)")
+    p.add_argument("--shard", metavar="K/N", help="run only the K-th of N deterministic parts of the suite")
+    p.add_argument("--threads", type=count("--threads"),
+                   help="intra-op CPU threads (default: all cores but one; recorded, and runs with different counts "
+                        "are never compared)")
+    p.add_argument("--seed", type=count("--seed", 0), default=0, help="input data seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")
+
+
+def positive(name: str):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects a number, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {text!r}")
+        return v
+    return parse
+
+
+def count(name: str, minimum: int = 1):
+    """An argparse type: an integer of at least ``minimum``, refused with a one-line reason (exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be at least {minimum}, got {text!r}")
+        return v
+    return parse

@@ -1,0 +1,33 @@
+"""Which implementations a command measures: ``--impl`` and ``--compile-mode`` against the registry of kernels."""
+
+from __future__ import annotations
+
+import kernels
+
+from ..runs.schema import UsageError
+from .select import COMPILE_MODES
+
+
+def compile_impl(mode: str) -> str:
+    """The registered implementation of a torch.compile mode: 'compile' for default, 'compile-<mode>' else."""
+    return "compile" if mode == "default" else f"compile-{mode}"
+
+
+def select_impls(names: list[str] | None, compile_modes: list[str] | None = None) -> list[str]:
+    """The implementations to run: ``names`` (default: every registered one that is not opt-in), with the
+    torch.compile variants replaced by exactly those of ``compile_modes`` when it is given."""
+    known = kernels.names()
+    unknown = [n for n in names or () if n not in known]
+    if unknown:
+        raise UsageError(f"--impl {', '.join(unknown)} is not registered; registered: {', '.join(known)}"
+                         + "".join(f" ({n}: {e})" for n, e in kernels.load_errors().items()))
+    chosen = list(names) if names else list(kernels.default_names())
+    if compile_modes:
+        bad = [m for m in compile_modes if m not in COMPILE_MODES or compile_impl(m) not in known]
+        if bad:
+            raise UsageError(f"--compile-mode {', '.join(bad)} is not one of {', '.join(COMPILE_MODES)}")
+        variants = {compile_impl(m) for m in COMPILE_MODES}
+        wanted = {compile_impl(m) for m in compile_modes}
+        chosen = [n for n in chosen if n not in variants] + [n for n in known if n in wanted]
+        chosen = [n for n in known if n in chosen] + [n for n in chosen if n not in known]
+    return chosen
