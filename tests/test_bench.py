@@ -16,26 +16,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import bench
 
-from bench.cases import Case
-from bench.compare import compare_frames
-from bench.measure import Outcome
-from bench.results import make_row
-from bench.schema import COLUMNS, read_jsonl
-from bench.stats import Ratio, classify, median_ci, summarize
-from bench.suites import SUITES, suite_hash
-from bench.timing import converged
+from bench.measure.cases import Case
+from bench.measure.measure import Outcome
+from bench.measure.results import make_row
+from bench.measure.suites import SUITES, suite_hash
+from bench.measure.timing import converged
+from bench.runs.compare import compare_frames
+from bench.runs.schema import COLUMNS, read_jsonl
+from bench.runs.stats import Ratio, classify, median_ci, summarize
 from reference import ConvProblem, PoolProblem
 
 ROOT = Path(__file__).resolve().parent.parent
 AXES = ("batch", "in_channels", "out_channels", "height", "kernel_h", "stride", "padding", "dilation")
-
-
-def bench(*args, env=None, timeout=600):
-    """Run ``python -m bench ...`` as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 # ---- suites ---------------------------------------------------------------------------------------------------------
@@ -56,7 +50,7 @@ def test_suites_vary_every_axis_and_generate_only_valid_cases(suite, device):
 
 
 def test_resnet50_suite_reads_the_real_layers():
-    from bench.suites import resnet50_layers
+    from bench.measure.sweeps import resnet50_layers
 
     layers = resnet50_layers(1)
     assert len(layers) == 23 and sum(n for _, n in layers) == 53  # 53 convs, 23 distinct
@@ -68,7 +62,7 @@ def test_suite_hash_is_stable_across_processes_and_sensitive():
     s = SUITES["smoke"]
     here = suite_hash(s.cases("cpu"), s.timing)
     # another interpreter with another string-hash seed: the hash is of the cases' content, not of Python's hash()
-    code = ("from bench.suites import SUITES, suite_hash; s = SUITES['smoke']; "
+    code = ("from bench.measure.suites import SUITES, suite_hash; s = SUITES['smoke']; "
             "print(suite_hash(s.cases('cpu'), s.timing))")
     there = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout.strip()

@@ -15,8 +15,8 @@ import torch
 from conftest import HAS_CUDA
 
 import kernels
-from bench.measure import build_call, expected_for, grad_mode, set_precision
-from bench.suites import SUITES
+from bench.measure.measure import build_call, expected_for, grad_mode, set_precision
+from bench.measure.suites import SUITES
 
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 CASES = [c for d in DEVICES for c in SUITES["smoke"].cases(d)]

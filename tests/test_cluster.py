@@ -8,31 +8,24 @@ test on 2 cores); ``nox -s cluster`` runs them, and ``.ci/run`` calls it after t
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import start_bench
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'convbench[ray]')")
 
-from bench.cluster import FAULT_ENV, SLOT  # noqa: E402
-from bench.schema import read_jsonl, read_rows, row_id  # noqa: E402
+from bench.commands.cluster import FAULT_ENV, SLOT  # noqa: E402
+from bench.runs.schema import read_jsonl, read_rows, row_id  # noqa: E402
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
 # a small selection: three convs and two pools, two implementations, short timing
 SELECTION = ["--suite", "smoke", "--op", "conv2d", "max_pool2d", "--impl", "naive", "cudnn", "--max-seconds", "0.05",
              "--threads", "1", "--no-report", "--no-progress"]
-
-
-def _bench(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=full_env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -58,10 +51,10 @@ def _ids(rows) -> list[tuple]:
 
 
 def test_a_run_through_ray_gives_the_rows_of_a_local_run(tmp_path):
-    rc, out = _finish(_bench("run", *SELECTION, "--out", str(tmp_path / "local")))
+    rc, out = _finish(start_bench("run", *SELECTION, "--out", str(tmp_path / "local")))
     assert rc == 0, out
     # no --address: a one-node cluster of this machine, started for the run
-    rc, out = _finish(_bench("run", *SELECTION, "--executor", "ray", "--out", str(tmp_path / "ray")))
+    rc, out = _finish(start_bench("run", *SELECTION, "--executor", "ray", "--out", str(tmp_path / "ray")))
     assert rc == 0, out
     local, remote = read_jsonl(tmp_path / "local" / "results.jsonl"), read_jsonl(tmp_path / "ray" / "results.jsonl")
     assert _ids(local) == _ids(remote) and len(remote) == 10
@@ -78,7 +71,7 @@ def test_a_run_through_ray_gives_the_rows_of_a_local_run(tmp_path):
 
 def test_a_task_that_dies_is_an_error_row_naming_its_node(tmp_path, cluster):
     marker = tmp_path / "died"
-    rc, out = _finish(_bench("run", *SELECTION, "--executor", "ray", "--address", cluster.address,
+    rc, out = _finish(start_bench("run", *SELECTION, "--executor", "ray", "--address", cluster.address,
                              "--out", str(tmp_path / "run"), env={FAULT_ENV: f"k3|s2 p1@{marker}"}))
     assert rc == 1, out
     node = marker.read_text().strip()
@@ -91,8 +84,8 @@ def test_a_task_that_dies_is_an_error_row_naming_its_node(tmp_path, cluster):
 
 def test_with_retries_a_dead_case_runs_again_on_another_node(tmp_path, cluster):
     marker = tmp_path / "died"
-    rc, out = _finish(_bench("run", *SELECTION, "--executor", "ray", "--address", cluster.address, "--retries", "1",
-                             "--out", str(tmp_path / "run"), env={FAULT_ENV: f"k3|s2 p1@{marker}"}))
+    rc, out = _finish(start_bench("run", *SELECTION, "--executor", "ray", "--address", cluster.address, "--retries",
+                                  "1", "--out", str(tmp_path / "run"), env={FAULT_ENV: f"k3|s2 p1@{marker}"}))
     assert rc == 0, out
     assert "retrying on another node" in out
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
@@ -108,7 +101,7 @@ def test_a_stopped_driver_leaves_a_run_that_resumes_without_duplicates(tmp_path,
     run_dir = tmp_path / "run"
     args = ["run", *SELECTION, "--max-seconds", "0.5", "--executor", "ray", "--address", cluster.address,
             "--out", str(run_dir)]
-    proc = _bench(*args, start_new_session=True)
+    proc = start_bench(*args, start_new_session=True)
     jsonl = run_dir / "results.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None and len(read_jsonl(jsonl)) < 2:
@@ -122,7 +115,7 @@ def test_a_stopped_driver_leaves_a_run_that_resumes_without_duplicates(tmp_path,
         assert rc == 1 and "continue with --resume" in out, out
         env = json.loads((run_dir / "env.json").read_text())
         assert env["complete"] is False and len(read_rows(run_dir)) == len(before)
-    rc, out = _finish(_bench(*args, "--resume"))
+    rc, out = _finish(start_bench(*args, "--resume"))
     assert rc == 0, out
     after = read_jsonl(jsonl)
     assert len(after) == 10 and len(set(_ids(after))) == 10
@@ -131,7 +124,7 @@ def test_a_stopped_driver_leaves_a_run_that_resumes_without_duplicates(tmp_path,
 
 
 def test_each_device_runs_every_case_on_every_device_kind(tmp_path, cluster):
-    rc, out = _finish(_bench("run", *SELECTION, "--op", "max_pool2d", "--executor", "ray", "--address",
+    rc, out = _finish(start_bench("run", *SELECTION, "--op", "max_pool2d", "--executor", "ray", "--address",
                              cluster.address, "--each-device", "--out", str(tmp_path / "run")))
     assert rc == 0, out
     rows = read_jsonl(tmp_path / "run" / "results.jsonl")
@@ -145,7 +138,7 @@ def test_each_device_runs_every_case_on_every_device_kind(tmp_path, cluster):
     (["--metric", "instructions"], "--metric instructions counts on this machine"),
 ])
 def test_bad_cluster_usage_exits_2_and_writes_nothing(tmp_path, cluster, args, message):
-    rc, out = _finish(_bench("run", *SELECTION, "--executor", "ray", "--address", cluster.address, *args,
+    rc, out = _finish(start_bench("run", *SELECTION, "--executor", "ray", "--address", cluster.address, *args,
                              "--out", str(tmp_path / "run")))
     assert rc == 2 and message in out, out
     assert not (tmp_path / "run").exists()

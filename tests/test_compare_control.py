@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import timing
-from bench.compare import between_run_scatter, compare_frames, compare_runs, holm, judged_ratio
-from bench.suites import Timing
+from bench.measure import timing
+from bench.measure.suites import Timing
+from bench.runs.compare import between_run_scatter, compare_frames, compare_runs, holm, judged_ratio
 
 IMPLS = ("naive", "im2col", "cudnn", "compile")
 
@@ -99,7 +99,7 @@ def stored_run(rng: np.random.Generator, cases: int = 10, impls=IMPLS, machine: 
 
 
 def write_run(d: Path, rows: pd.DataFrame) -> Path:
-    from bench.schema import write_csv
+    from bench.runs.schema import write_csv
 
     d.mkdir(parents=True)
     write_csv(d / "results.csv", rows.to_dict("records"))

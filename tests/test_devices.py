@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import history
-from bench.baseline import promote
-from bench.compare import compare_runs
-from bench.report import write_report
-from bench.schema import COLUMNS, JsonlWriter, env_groups, finalize, read_rows, row_id
+from bench.present.report import write_report
+from bench.runs import history
+from bench.runs.baseline import promote
+from bench.runs.compare import compare_runs
+from bench.runs.schema import COLUMNS, JsonlWriter, env_groups, finalize, read_rows, row_id
 
 CASES = ("conv2d|N8 C32 H28 W28|K32 R3 S3|s1 p1 d1 g1 bias|float32|nchw|cuda",
          "max_pool2d|N8 C32 H28 W28|k2|s2 p0 d1 ceil=0 indices=0|float32|nchw|cuda")

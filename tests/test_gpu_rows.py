@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import kernels
-from bench.cases import Case
-from bench.measure import GRAD_SEED, Outcome, Prepared, build_call, expected_for
-from bench.suites import QUICK_TIMING, SMOKE_TIMING
-from bench.timing import Sampler, take_sample
+from bench.measure.cases import Case
+from bench.measure.measure import GRAD_SEED, Outcome, Prepared, build_call, expected_for
+from bench.measure.suites import QUICK_TIMING, SMOKE_TIMING
+from bench.measure.timing import Sampler, take_sample
 from reference import ConvProblem, TrainProblem
 
 CL = torch.channels_last
@@ -41,7 +41,7 @@ def test_a_channels_last_backward_case_gets_a_channels_last_dy_with_the_same_val
 
 
 def test_make_grad_out_builds_the_timed_dy_without_the_oracle():
-    from bench.measure import make_grad_out
+    from bench.measure.measure import make_grad_out
 
     for layout in ("channels_last", "nchw"):
         case = _backward_case(layout)
@@ -96,7 +96,7 @@ def test_a_gpu_train_sample_is_wall_time_of_back_to_back_steps_synchronised_at_t
 
 def test_a_gpu_train_case_is_sampled_by_wall_clock_with_calibrated_loops(fake_cuda, monkeypatch):
     from bench import timing
-    from bench.measure import make_sampler
+    from bench.measure.measure import make_sampler
 
     monkeypatch.setattr(timing, "L2Flush", _Never)
     monkeypatch.setattr(timing, "SleepClock", _Never)
@@ -110,7 +110,7 @@ def test_a_gpu_train_case_is_sampled_by_wall_clock_with_calibrated_loops(fake_cu
 
 
 def test_gpu_train_rows_say_they_are_wall_time_and_other_rows_keep_the_runs_mode():
-    from bench.results import make_row
+    from bench.measure.results import make_row
 
     ok = Outcome("compile", "ok", times_ms=(2.0, 2.1, 2.2), loops=5)
     assert make_row(_train_case(), ok, "cuda-events,l2-flush,sleep-prefix", 1)["timing_mode"] == \
@@ -159,7 +159,7 @@ def _fake_measure(monkeypatch, case: Case, impls=("cudnn", "naive")):
 
 
 def test_gpu_rows_measure_host_us_and_run_no_profiler_without_profile(monkeypatch):
-    from bench.measure import measure_case
+    from bench.measure.measure import measure_case
 
     case = Case("conv2d", ConvProblem(N=1, C=2, H=4, W=4, K=2, R=1, S=1), "cuda")
     log = _fake_measure(monkeypatch, case)
@@ -171,7 +171,7 @@ def test_gpu_rows_measure_host_us_and_run_no_profiler_without_profile(monkeypatc
 
 
 def test_under_profile_every_host_us_is_measured_before_the_first_profiler_session(monkeypatch):
-    from bench.measure import measure_case
+    from bench.measure.measure import measure_case
 
     case = Case("conv2d", ConvProblem(N=1, C=2, H=4, W=4, K=2, R=1, S=1), "cuda")
     log = _fake_measure(monkeypatch, case)
@@ -185,7 +185,7 @@ def test_under_profile_every_host_us_is_measured_before_the_first_profiler_sessi
 
 
 def test_a_gpu_train_row_has_no_host_us_to_subtract(monkeypatch):
-    from bench.measure import measure_case
+    from bench.measure.measure import measure_case
 
     case = _train_case()
     log = _fake_measure(monkeypatch, case)
@@ -243,7 +243,7 @@ def test_no_static_marking_in_default_mode_or_on_the_cpu(no_compile, monkeypatch
 
 # ---- 5: train validation, one watchdog phase per checked step, fewer at large batches ----------------------------
 def test_each_checked_training_step_is_its_own_watchdog_phase():
-    from bench.measure import prepare_case
+    from bench.measure.measure import prepare_case
 
     phases = []
     ready = prepare_case(_train_case("cpu", batch=4), ["cudnn"], SMOKE_TIMING,
@@ -255,7 +255,7 @@ def test_each_checked_training_step_is_its_own_watchdog_phase():
 
 
 def test_fewer_steps_are_checked_above_batch_256():
-    from bench.train import train_check_steps
+    from bench.measure.train import train_check_steps
 
     assert [train_check_steps(b) for b in (1, 64, 256, 257, 512, 4096)] == [5, 5, 5, 2, 2, 2]
 
@@ -316,7 +316,7 @@ def _fake_nvml(monkeypatch, uuid):
 
 @pytest.mark.parametrize("raw", [RAW, None], ids=["uuid-bytes", "uuid-str"])
 def test_nvml_telemetry_finds_the_gpu_by_its_uuid_when_cuda_visible_devices_is_a_uuid(monkeypatch, raw):
-    from bench.env import gpu_telemetry
+    from bench.measure.env import gpu_telemetry
 
     looked_up = _fake_nvml(monkeypatch, _Uuid(raw))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", NVML_UUID)
@@ -327,7 +327,7 @@ def test_nvml_telemetry_finds_the_gpu_by_its_uuid_when_cuda_visible_devices_is_a
 
 
 def test_nvml_telemetry_uses_the_index_only_without_a_uuid(monkeypatch):
-    from bench.env import gpu_telemetry
+    from bench.measure.env import gpu_telemetry
 
     looked_up = _fake_nvml(monkeypatch, None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")

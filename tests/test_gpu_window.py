@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import bench
 
-from bench import gpu
-from bench.gpu import Phase, Window, execute, plan
+from bench.commands import gpu_window as gpu
+from bench.commands.gpu_window import Phase, Window, execute, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,13 +132,8 @@ def test_costs_measured_by_a_committed_window_replace_the_priors(tmp_path):
     assert "nvidia-h200-2026-12-01" in source
 
 
-def _bench(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
-
-
 def test_dry_run_prints_the_plan_a_total_within_the_budget_and_the_command():
-    out = _bench("gpu", "--dry-run", "--budget", "480")
+    out = bench("gpu", "--dry-run", "--budget", "480")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     total = re.fullmatch(r"estimated total: (\d+) s", lines[-2])
@@ -161,7 +157,7 @@ def test_bad_usage_exits_2_and_writes_nothing(tmp_path, args, reason):
     if not args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: bench gpu would run")
     env = {"CONVBENCH_FAULT": "hang:nowhere"} if reason == "CONVBENCH_FAULT" else None
-    out = _bench("gpu", "--out", str(tmp_path / "w"), *args, env=env)
+    out = bench("gpu", "--out", str(tmp_path / "w"), *args, env=env)
     assert out.returncode == 2 and reason in out.stderr, (out.returncode, out.stderr)
     assert not (tmp_path / "w").exists()
 
@@ -285,7 +281,7 @@ def test_a_pool_is_killed_at_its_deadline_and_records_what_crashed(tmp_path):
     import multiprocessing as mp
     import time
 
-    from bench.gpu_phases import run_pool
+    from bench.commands.gpu_phases import run_pool
 
     t0 = time.monotonic()
     got = run_pool(_sleeper, ["a", "crash", "hang", "b", "c"], 2, time.monotonic() + 12, tmp_path / "s.jsonl",
@@ -325,8 +321,8 @@ def test_a_hung_phase_process_is_killed_at_its_deadline(tmp_path):
 def test_the_worker_is_cut_at_the_runs_deadline_inside_a_case(tmp_path):
     import time
 
-    from bench.suites import SUITES
-    from bench.worker import Supervisor, WorkerConfig
+    from bench.measure.suites import SUITES
+    from bench.measure.worker import Supervisor, WorkerConfig
 
     case = next(c for c in SUITES["smoke"].cases("cpu") if c.op == "max_pool2d")
     sup = Supervisor(WorkerConfig("cpu", 1, (("CONVBENCH_FAULT", "hang:worker"),)), timeout_s=300)
@@ -342,8 +338,8 @@ def test_the_worker_is_cut_at_the_runs_deadline_inside_a_case(tmp_path):
 
 
 def test_suites_share_one_worker_and_take_the_windows_peaks(tmp_path):
-    from bench.runner import RunOptions, run
-    from bench.worker import Supervisor, WorkerConfig
+    from bench.commands.runner import RunOptions, run
+    from bench.measure.worker import Supervisor, WorkerConfig
 
     peaks = {"gemm_flops": {"float32": 1e11}, "copy_bytes_per_s": 1e10, "read_bytes_per_s": 1e10, "how": "given"}
     sup = Supervisor(WorkerConfig("cpu", 1), timeout_s=120)
@@ -367,8 +363,8 @@ def test_config_checks_give_the_kernels_the_operands_of_the_timed_path(monkeypat
 
     import kernels
     import kernels.triton as kt
-    from bench.cases import Case
-    from bench.measure import make_grad_out
+    from bench.measure.cases import Case
+    from bench.measure.measure import make_grad_out
     from kernels.triton import conv, tuning
     from reference import ConvProblem
 
@@ -409,7 +405,7 @@ def test_the_rehearsal_ends_in_its_budget_despite_a_hung_phase_and_returns_one_a
     out, archive = tmp_path / "w", tmp_path / "OUT" / "window.tar.gz"
     archive.parent.mkdir()
     t0 = time.monotonic()
-    got = _bench("gpu", "--rehearse", "--budget", "120", "--out", str(out), "--pack", str(archive),
+    got = bench("gpu", "--rehearse", "--budget", "120", "--out", str(out), "--pack", str(archive),
                  env={"CONVBENCH_FAULT": "hang:checks"})
     spent = time.monotonic() - t0
     assert spent < 130, f"{spent:.0f} s"

@@ -1,5 +1,5 @@
-"""bench.history (SQLite history, change points, show, plot) and bench.baseline (promote, find) on small synthetic run
-directories — no torch, no timing."""
+"""bench.runs.history (SQLite history, change points, show, plot) and bench.runs.baseline (promote, find) on small
+synthetic run directories — no torch, no timing."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench import baseline, history
-from bench.schema import COLUMNS, device_key, write_csv
+from bench.commands import history as history_command
+from bench.present import history_plots
+from bench.runs import baseline, history
+from bench.runs.schema import COLUMNS, device_key, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ("conv2d|N8 C32 H28 W28|K32 R3 S3|s1 p1 d1 g1 bias|float32|nchw|cpu",
@@ -83,7 +85,7 @@ def test_add_is_idempotent_and_versioned(tmp_path):
                            metric="time", out=None)
     sys_stdout, sys.stdout = sys.stdout, out
     try:
-        assert history.history_command(args) == 0
+        assert history_command.main(args) == 0
     finally:
         sys.stdout = sys_stdout
     assert "already in history" in out.getvalue()
@@ -105,13 +107,13 @@ def test_newer_schema_is_refused_and_bad_input_writes_nothing(tmp_path, capsys):
                  SimpleNamespace(history_command="add", run_dir=tmp_path, **base),  # no env.json
                  SimpleNamespace(history_command="show", run_dir=None, **base),  # no history yet
                  SimpleNamespace(history_command="add", run_dir=run, **{**base, "db": db})):  # newer version
-        assert history.history_command(args) == 2
+        assert history_command.main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("convbench history:") and err.count("\n") == 1
     assert not fresh.exists() and not (tmp_path / "plots").exists()
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not sqlite at all" * 100)
-    assert history.history_command(SimpleNamespace(history_command="show", run_dir=None,
+    assert history_command.main(SimpleNamespace(history_command="show", run_dir=None,
                                                    **{**base, "db": garbage})) == 2
 
 
@@ -182,7 +184,7 @@ def test_show_prints_one_plain_line_per_series(tmp_path):
 
 def test_plot_writes_png_per_op(tmp_path):
     db = _history_with_step(tmp_path)
-    paths = history.plot(db, tmp_path / "plots")
+    paths = history_plots.plot(db, tmp_path / "plots")
     assert sorted(p.name for p in paths) == sorted(f"history-{device_key(_env(0))}-{op}-time.png"
                                                    for op in ("conv2d", "max_pool2d"))
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
@@ -225,5 +227,6 @@ def test_promote_refuses_incomplete_or_empty_runs(tmp_path):
 
 
 def test_history_baseline_and_schema_do_not_import_torch():
-    code = "import bench.history, bench.baseline, bench.schema; import sys; assert 'torch' not in sys.modules"
+    code = ("import bench.runs.history, bench.runs.baseline, bench.runs.schema; import sys; "
+            "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

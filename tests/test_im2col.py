@@ -16,6 +16,7 @@ import pytest
 import torch
 from cases import Case, make_tensors
 from conftest import ORACLE, check_against_oracle, leaf
+from helpers import native_or_skip
 
 import kernels
 import kernels.im2col as im2col_module
@@ -46,11 +47,6 @@ SHAPES = [
 ]
 
 
-def _native_or_skip():
-    if _native.load("im2col_cpu") is None:
-        pytest.skip(f"native im2col unavailable: {_native.reason('im2col_cpu')}")
-
-
 def test_native_path_builds_where_a_compiler_exists():
     if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         pytest.skip("no C++ compiler on this machine: im2col runs its pure-torch path")
@@ -62,7 +58,7 @@ def test_native_path_builds_where_a_compiler_exists():
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("case", SHAPES, ids=lambda c: c.id)
 def test_native_paths_agree_with_the_oracle(case, layout, threads):
-    _native_or_skip()
+    native_or_skip()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -92,7 +88,7 @@ def test_portable_build_agrees_with_the_oracle(case, layout, monkeypatch):
 @pytest.mark.parametrize("shape", [(2, 32, 28, 28), (3, 20, 5, 7), (1, 17, 33, 1), (2, 1, 4, 4), (1, 48, 1, 1)])
 def test_native_channels_last_transpose_is_exact(shape):
     """The native NCHW → NHWC transpose (16×16 register blocks, element-wise edges) moves every value unchanged."""
-    _native_or_skip()
+    native_or_skip()
     x = torch.randn(shape)
     out = im2col_module._channels_last(x)
     assert out.is_contiguous(memory_format=torch.channels_last)
@@ -102,7 +98,7 @@ def test_native_channels_last_transpose_is_exact(shape):
 def test_native_output_keeps_a_layout_cudnn_would():
     """Grouped, 1×1 and stride-1 depthwise NCHW convs stay NCHW; the others compute (and return) channels_last, as
     documented."""
-    _native_or_skip()
+    native_or_skip()
     x = torch.randn(2, 8, 9, 9)
     assert IM2COL.conv2d(x, torch.randn(8, 2, 3, 3), groups=4).is_contiguous()
     assert IM2COL.conv2d(x, torch.randn(6, 8, 1, 1)).is_contiguous()

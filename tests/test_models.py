@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import kernels
-from bench.train import FirstCallTimer, make_train_step
+from bench.measure.train import FirstCallTimer, make_train_step
 from reference import (
     ARCHITECTURES,
     OPTIMIZERS,

@@ -3,7 +3,7 @@
 The label comes from what the call dispatched (the ATen op under ``aten::_convolution``, seen by the legacy autograd
 profiler) and, on the CPU, from the primitives oneDNN says it executed (its verbose log); where nothing can be
 observed it reads ``predicted:…`` and the row's provenance says why. Every case here runs through the bench's own
-path (bench.measure.prepare_case)."""
+path (bench.measure.measure.prepare_case)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import torch
 
 import kernels
 import kernels.cudnn as cudnn
-from bench.cases import Case
-from bench.measure import prepare_case
-from bench.suites import SMOKE_TIMING
+from bench.measure.cases import Case
+from bench.measure.measure import prepare_case
+from bench.measure.suites import SMOKE_TIMING
 from reference import ConvProblem
 
 ONEDNN_CONV = ConvProblem(N=2, C=8, H=10, W=10, K=16, R=3, S=3, padding=(1, 1))  # float32: ATen hands it to oneDNN
@@ -199,7 +199,7 @@ def test_the_counted_process_allocates_the_same_way_whatever_it_freed_before():
     """glibc moves its mmap threshold (and the trim threshold with it) up to the largest block freed so far, for the
     whole process: the same 1 MiB buffer is mmapped in one history and carved from the heap in another, two code
     paths of different length inside a window. The process under valgrind runs with both thresholds fixed
-    (bench.callgrind.ENV), so it takes one path whatever ran before."""
+    (bench.measure.callgrind.ENV), so it takes one path whatever ran before."""
     from bench import callgrind
 
     assert {_allocation_path(h, {"GLIBC_TUNABLES": ""}) for h in ("none", "big")} == {"mmapped", "heap"}  # the hazard
@@ -215,7 +215,7 @@ def _fake_dump(out: Path) -> None:
 def test_a_window_opens_after_as_many_uncounted_calls_as_it_counts(tmp_path):
     """The window's calls find the state its own calls leave (allocator, specialised bytecode, lazy caches), and
     nothing is looked up for the first time inside it."""
-    from bench.callgrind import Counter
+    from bench.measure.callgrind import Counter
 
     counter = Counter(tmp_path)
     events = []
@@ -226,20 +226,20 @@ def test_a_window_opens_after_as_many_uncounted_calls_as_it_counts(tmp_path):
 
 
 def test_the_valgrind_peer_warms_up_by_a_count_not_a_time(tmp_path, monkeypatch):
-    """bench.timing.warm_up calls for ``warmup_ms`` (2–10 calls at valgrind's speed, as the machine allows): under
-    valgrind the peer asks for exactly its 2 calls, so the heap a window finds does not depend on the clock."""
+    """bench.measure.timing.warm_up calls for ``warmup_ms`` (2–10 calls at valgrind's speed, as the machine allows):
+    under valgrind the peer asks for exactly its 2 calls, so the heap a window finds does not depend on the clock."""
     import gc
     import threading
     from multiprocessing import Pipe
 
-    import bench.measure
+    import bench.measure.measure
     from bench import peer
 
     seen = []
-    monkeypatch.setattr(bench.measure, "prepare_case",
+    monkeypatch.setattr(bench.measure.measure, "prepare_case",
                         lambda case, impls, timing, seed, report, public: seen.append(timing) or {})
     monkeypatch.setenv("CONVBENCH_CALLGRIND_OUT", str(tmp_path))
-    monkeypatch.setattr("bench.callgrind.Counter.__init__", lambda self, out: None)
+    monkeypatch.setattr("bench.measure.callgrind.Counter.__init__", lambda self, out: None)
     ours, theirs = Pipe()
     threads = torch.get_num_threads()
     server = threading.Thread(target=peer.serve, args=(theirs, "cpu", threads), daemon=True)
@@ -310,7 +310,7 @@ def test_a_window_splits_into_the_allocator_and_the_rest(tmp_path):
     """Calls from outside glibc's allocator into its entry points are the allocator's share (``operator new`` →
     ``malloc`` included); calls among the allocator's own functions are inside it already, and a wrapped-around
     cost (a client request's edge) is never added."""
-    from bench.callgrind import Window, split_window
+    from bench.measure.callgrind import Window, split_window
 
     path = tmp_path / "callgrind.out.1.1"
     path.write_text(SYNTHETIC_DUMP)
@@ -322,7 +322,7 @@ def test_a_window_splits_into_the_allocator_and_the_rest(tmp_path):
 @pytest.mark.skipif(not (Path("/usr/include/valgrind/callgrind.h").exists() and shutil.which("cc")),
                     reason="needs valgrind's callgrind.h and a C compiler (the client-request helper)")
 def test_a_row_counts_the_window_without_the_allocator_and_keeps_the_split(tmp_path):
-    from bench.callgrind import Counter
+    from bench.measure.callgrind import Counter
 
     counter = Counter(tmp_path)
     counter._begin = counter._end = lambda: None
@@ -338,7 +338,7 @@ def test_a_row_counts_the_window_without_the_allocator_and_keeps_the_split(tmp_p
 HISTORY_CHILD = r"""
 import ctypes, random, sys
 sys.path.insert(0, sys.argv[3])
-from bench.callgrind import Counter
+from bench.measure.callgrind import Counter
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
@@ -364,7 +364,7 @@ print(Counter(sys.argv[2]).count(call, 20))
 def test_a_count_does_not_depend_on_the_heap_the_process_built_before(tmp_path):
     """The same call counted after two heap histories (2000 blocks of random sizes, all freed or every other one
     kept): glibc's malloc/free execute different paths on the two heaps, the rest of the call does not — a row
-    counts the rest (bench.callgrind.split_window)."""
+    counts the rest (bench.measure.callgrind.split_window)."""
     from bench import callgrind
 
     repo = Path(__file__).resolve().parent.parent

@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import bench
 
-from bench.cases import Case
-from bench.measure import measure_case
-from bench.profile import CATEGORIES, case_slug, category, collect, profile_call
-from bench.suites import Timing
+from bench.measure.cases import Case
+from bench.measure.measure import measure_case
+from bench.measure.profiler import case_slug, category, collect, profile_call
+from bench.measure.suites import Timing
+from bench.runs.schema import CATEGORIES
 from reference import ConvProblem
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = "N=2,C=16,H=10,W=10,K=16,R=3,padding=1"
-
-
-def bench(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _trace_names(path: Path) -> set[str]:

@@ -1,5 +1,5 @@
 """Rows say what really ran: the backend column comes from the call itself (kernels.recording / note), through the
-same path ``bench run`` takes (bench.measure.prepare_case), and compile rows fail rather than fall back."""
+same path ``bench run`` takes (bench.measure.measure.prepare_case), and compile rows fail rather than fall back."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
+from helpers import native_or_skip
 
 import kernels
-from bench.cases import Case
-from bench.measure import prepare_case
-from bench.suites import SMOKE_TIMING
+from bench.measure.cases import Case
+from bench.measure.measure import prepare_case
+from bench.measure.suites import SMOKE_TIMING
 from reference import ConvProblem, PoolProblem, TrainProblem
 
 
@@ -21,13 +22,6 @@ def run_case(case: Case, impl: str):
     ready = prepare_case(case, [impl], SMOKE_TIMING, report=reported.append)
     outcome = ready[impl].outcome if impl in ready else reported[0]
     return outcome.status, outcome.backend, outcome.provenance or {}, outcome.error
-
-
-def _native_or_skip():
-    from kernels.im2col import native
-
-    if native.load("im2col_cpu") is None:
-        pytest.skip(f"native im2col unavailable: {native.reason('im2col_cpu')}")
 
 
 # Which branch of kernels/im2col/csrc/im2col_cpu.cpp each problem takes, written out from its dispatch rules (the
@@ -63,7 +57,7 @@ IM2COL_BRANCHES = [
                               for p, op, _ in IM2COL_BRANCHES])
 def test_im2col_rows_name_the_branch_that_ran(problem, op, expected):
     if expected.startswith("native"):
-        _native_or_skip()
+        native_or_skip()
     status, backend, _, error = run_case(Case(op, problem), "im2col")
     assert status == "ok", error
     assert backend == expected
@@ -132,7 +126,7 @@ def test_compile_rows_have_one_graph_no_break_and_say_which_kernels_ran(case):
 
 @pytest.mark.compile
 def test_compile_modes_are_their_own_implementations_and_rows_say_the_mode():
-    from bench.select import select_impls
+    from bench.measure.impls import select_impls
 
     chosen = select_impls(None, ["default", "max-autotune"])
     assert [n for n in chosen if n.startswith("compile")] == ["compile", "compile-max-autotune"]

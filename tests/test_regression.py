@@ -4,7 +4,6 @@ to end. The statistics are tested on synthetic samples with known effects; the c
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,19 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import bench
 
-from bench import ab
-from bench.compare import compare_frames, compare_runs
-from bench.schema import UsageError, read_rows, write_csv
-from bench.stats import Ratio, Settled, classify, confirm, control_drift, paired_ratio, settle, unpaired_ratio
+from bench.commands import ab
+from bench.runs.compare import compare_frames, compare_runs
+from bench.runs.schema import UsageError, read_rows, write_csv
+from bench.runs.stats import Ratio, Settled, classify, confirm, control_drift, paired_ratio, settle, unpaired_ratio
 
 ROOT = Path(__file__).resolve().parent.parent
 IMPLS = ("naive", "im2col", "cudnn", "compile")
-
-
-def bench(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 # ---- paired statistics (bench ab) -----------------------------------------------------------------------------------
@@ -251,7 +246,8 @@ def test_compare_reads_instruction_counts(tmp_path):
 
 
 def test_the_stored_run_tools_do_not_import_torch():
-    code = ("import sys; import bench.cli, bench.compare, bench.report, bench.merge, bench.history, bench.baseline;"
+    code = ("import sys; import bench.cli, bench.runs.compare, bench.present.report, bench.runs.merge, "
+            "bench.runs.history, bench.runs.baseline;"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
@@ -309,7 +305,7 @@ def test_ab_flags_a_slowed_implementation_and_only_that(tmp_path):
 
 
 def test_callgrind_totals_trust_the_totals_line_not_a_wrapped_summary(tmp_path):
-    from bench.callgrind import totals
+    from bench.measure.callgrind import totals
 
     dump = tmp_path / "callgrind.out.1.2"
     # valgrind 3.19, second dump of a toggled process: summary wrapped around, totals right

@@ -8,10 +8,10 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = """<script>
@@ -25,11 +25,6 @@ window.addEventListener('load', () => {
   document.body.appendChild(out);
 });
 </script>"""
-
-
-def bench(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")

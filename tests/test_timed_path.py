@@ -19,11 +19,12 @@ from conftest import implementation
 
 import kernels
 import kernels.base
-from bench import cli, selfcheck
-from bench.cases import Case
-from bench.measure import PUBLIC_PATH, build_call, expected_for, grad_mode, measure_case, prepare_case
-from bench.suites import SMOKE_TIMING, SUITES
-from bench.timing import Sampler, take_sample, time_interleaved
+from bench import cli
+from bench.measure import selfcheck
+from bench.measure.cases import Case
+from bench.measure.measure import PUBLIC_PATH, build_call, expected_for, grad_mode, measure_case, prepare_case
+from bench.measure.suites import SMOKE_TIMING, SUITES
+from bench.measure.timing import Sampler, take_sample, time_interleaved
 
 SMOKE = SUITES["smoke"].cases("cpu")
 CASES = {op: next(c for c in SMOKE if c.op == op) for op in ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d")}
@@ -95,7 +96,7 @@ def test_sampling_a_measured_case_keeps_the_counters_still(monkeypatch, name):
         real(samplers, device, timing, *a, **kw)
         during.update(checks=counts.checks, no_grad=counts.no_grad, samples=sum(len(s.samples_ms) for s in samplers))
 
-    monkeypatch.setattr("bench.measure.time_case",
+    monkeypatch.setattr("bench.measure.measure.time_case",
                         lambda samplers, device, timing, phase: watched(samplers, device, timing) or False)
     outcomes = []
     measure_case(CASES["max_pool2d"], [name], SMOKE_TIMING, report=outcomes.append)
@@ -235,7 +236,7 @@ def test_ab_times_both_sides_through_the_same_path(bind, public):
     harness's path never differs between the sides."""
     from types import SimpleNamespace
 
-    from bench.ab import ABRun
+    from bench.measure.paired import ABRun
 
     sent = []
 

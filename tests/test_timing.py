@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from bench import timing
-from bench.timing import Sampler, host_overhead_us, sleep_cycles, take_sample
+from bench.measure import timing
+from bench.measure.timing import Sampler, host_overhead_us, sleep_cycles, take_sample
 
 
 class FakeEvent:
@@ -82,7 +82,7 @@ def test_noise_warnings_leave_out_the_runs_own_processes_and_name_a_neighbour(tm
     import time
     from pathlib import Path
 
-    from bench.env import busy_processes
+    from bench.measure.env import busy_processes
 
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs /proc (Linux)")

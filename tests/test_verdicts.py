@@ -1,6 +1,6 @@
-"""The verdict logic of ``bench ab`` in seeded simulation: the real rounds schedule (``ab.Schedule``), the real
-per-measurement verdict (``ab.timed_verdict``: bench/stats.py ``paired_ratio`` + ``classify``), the real
-confirmation passes (``ab.confirm_all``) and settlement (bench/stats.py ``settle``), with simulated peers.
+"""The verdict logic of ``bench ab`` in seeded simulation: the real rounds schedule (``paired.Schedule``), the real
+per-measurement verdict (``paired.timed_verdict``: bench/runs/stats.py ``paired_ratio`` + ``classify``), the real
+confirmation passes (``paired.confirm_all``) and settlement (bench/runs/stats.py ``settle``), with simulated peers.
 
 A simulated pair: every round one sample of each side, both scaled by a machine speed that drifts from round to round
 (shared by the two samples of a round, as on the VM) and each with its own log-normal noise (``noise``); NEW is
@@ -18,10 +18,21 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from bench import ab
-from bench.stats import Ratio, Settled, classify, confirm, explain, fewest_samples, paired_ratio, settle, smallest_p
+from bench.commands import ab
+from bench.measure import paired
+from bench.runs.stats import (
+    Ratio,
+    Settled,
+    classify,
+    confirm,
+    explain,
+    fewest_samples,
+    paired_ratio,
+    settle,
+    smallest_p,
+)
 
-DEFAULT = ab.ABTiming()
+DEFAULT = paired.ABTiming()
 ROUND_S = 0.012  # seconds of one simulated round (two 5 ms samples and the requests), as in the smoke suite
 
 
@@ -32,11 +43,11 @@ class FakeCase:
 
 
 def simulate(rng, scale=1.0, noise=0.03, bias=0.0, threshold=0.05, timing=DEFAULT, round_s=ROUND_S,
-             fail_new_in=(), budget=math.inf) -> ab.Pair:
+             fail_new_in=(), budget=math.inf) -> paired.Pair:
     """One (case, implementation) pair through the sweep and its confirmations; ``fail_new_in``: the measurements
     (0 = the sweep) in which NEW fails validation; ``budget``: simulated seconds from the start."""
     clock = [0.0]
-    pair = ab.Pair(FakeCase(), "impl", threshold=threshold)
+    pair = paired.Pair(FakeCase(), "impl", threshold=threshold)
     if math.isfinite(budget):
         timing = replace(timing, budget=budget)
 
@@ -45,10 +56,10 @@ def simulate(rng, scale=1.0, noise=0.03, bias=0.0, threshold=0.05, timing=DEFAUL
         if k in fail_new_in:
             pair.status = {"base": "ok", "new": "mismatch"}
             pair.base_ms, pair.new_ms = [], []
-            ab.record(pair, "broken", None, timing)
+            paired.record(pair, "broken", None, timing)
             return
         b = rng.normal(0.0, bias) if bias else 0.0
-        schedule = ab.Schedule(timing, confirming, threshold, budget, clock=lambda: clock[0])
+        schedule = paired.Schedule(timing, confirming, threshold, budget, clock=lambda: clock[0])
         pair.base_ms, pair.new_ms = [], []
         level, spent = 0.0, 0.0
         while True:  # rounds drawn 32 at a time (fast), handed to the schedule one by one
@@ -67,12 +78,12 @@ def simulate(rng, scale=1.0, noise=0.03, bias=0.0, threshold=0.05, timing=DEFAUL
             else:
                 continue
             break
-        v, r = ab.timed_verdict(pair.base_ms, pair.new_ms, threshold)
-        ab.record(pair, v, r, timing)
+        v, r = paired.timed_verdict(pair.base_ms, pair.new_ms, threshold)
+        paired.record(pair, v, r, timing)
 
     measure(0)
     passes = iter(range(1, 100))
-    ab.confirm_all([pair], timing, budget, lambda case, group: measure(next(passes)), lambda: None,
+    paired.confirm_all([pair], timing, budget, lambda case, group: measure(next(passes)), lambda: None,
                    clock=lambda: clock[0])
     return pair
 
@@ -97,18 +108,18 @@ def test_a_first_process_pair_biased_8_percent_is_not_confirmed_by_clean_ones():
     rng = np.random.default_rng(2)
     flagged = 0
     for _ in range(200):
-        timing = ab.ABTiming()
-        pair = ab.Pair(FakeCase(), "impl")
+        timing = paired.ABTiming()
+        pair = paired.Pair(FakeCase(), "impl")
         clean = np.exp(rng.normal(0, 0.03, (2, 40)))
         pair.base_ms, pair.new_ms = list(clean[0]), list(1.08 * clean[1])
-        ab.record(pair, *ab.timed_verdict(pair.base_ms, pair.new_ms, 0.05), timing)
+        paired.record(pair, *paired.timed_verdict(pair.base_ms, pair.new_ms, 0.05), timing)
         assert pair.first == "slower"
         for _k in range(timing.confirmations):
             if pair.settled.done:
                 break
             fresh = np.exp(rng.normal(0, 0.25, (2, 12)))  # clean but noisy: ambiguous on their own
             pair.base_ms, pair.new_ms = list(fresh[0]), list(fresh[1])
-            ab.record(pair, *ab.timed_verdict(pair.base_ms, pair.new_ms, 0.05), timing)
+            paired.record(pair, *paired.timed_verdict(pair.base_ms, pair.new_ms, 0.05), timing)
         flagged += pair.verdict == "slower"
     assert flagged == 0
 
@@ -155,8 +166,8 @@ def test_few_samples_say_so_and_ab_never_judges_on_fewer_than_the_test_can_decid
     assert explain(r, 0.05, paired=False).startswith("too few samples: 3 samples a side")
     # paired: the signed-rank test needs 8 rounds; ab's schedule never stops a measurement before that
     assert fewest_samples(0.01) == 8 and smallest_p(7) > 0.01 > smallest_p(8)
-    short = ab.ABTiming(min_rounds=3, max_rounds=4, max_seconds=0.0)
-    assert ab.Schedule(short, False, 0.05).min == 8
+    short = paired.ABTiming(min_rounds=3, max_rounds=4, max_seconds=0.0)
+    assert paired.Schedule(short, False, 0.05).min == 8
     pair = simulate(np.random.default_rng(7), scale=1.5, noise=0.05, timing=short, round_s=1.0)
     assert pair.verdict == "slower" and all(len(m.base_ms) >= 8 for m in pair.measurements), pair.note
 
@@ -209,15 +220,15 @@ def test_the_old_pooling_cannot_come_back():
     assert settle(["slower", "ambiguous"]).verdict == "ambiguous"
     assert settle(["ambiguous", "ambiguous"]).verdict == "ambiguous"
     rng = np.random.default_rng(9)
-    pair = ab.Pair(FakeCase(), "impl")
+    pair = paired.Pair(FakeCase(), "impl")
     biased = np.exp(rng.normal(0, 0.03, (2, 40)))
     pair.base_ms, pair.new_ms = list(biased[0]), list(1.08 * biased[1])
-    ab.record(pair, *ab.timed_verdict(pair.base_ms, pair.new_ms, 0.05), ab.ABTiming())
+    paired.record(pair, *paired.timed_verdict(pair.base_ms, pair.new_ms, 0.05), paired.ABTiming())
     noisy = np.exp(rng.normal(0, 0.08, (2, 20)))
     pair.base_ms, pair.new_ms = list(noisy[0]), list(1.02 * noisy[1])
-    v, r = ab.timed_verdict(pair.base_ms, pair.new_ms, 0.05)
+    v, r = paired.timed_verdict(pair.base_ms, pair.new_ms, 0.05)
     assert v == "ambiguous"
-    ab.record(pair, v, r, ab.ABTiming())
+    paired.record(pair, v, r, paired.ABTiming())
     assert pair.verdict == "ambiguous" and not pair.settled.done
     pooled = paired_ratio(np.r_[biased[0], noisy[0]], np.r_[1.08 * biased[1], 1.02 * noisy[1]])
     assert classify(pooled, 0.05) == "slower"  # what the removed pooling step flagged
@@ -246,4 +257,4 @@ def test_ab_takes_a_budget_and_fail_on_ambiguous():
     args = build_parser().parse_args(["ab", "HEAD", "HEAD", "--budget", "60", "--fail-on-ambiguous"])
     assert args.budget == 60.0 and args.fail_on_ambiguous is True
     args = build_parser().parse_args(["ab", "HEAD", "HEAD"])
-    assert args.budget == ab.ABTiming().budget and args.fail_on_ambiguous is False
+    assert args.budget == paired.ABTiming().budget and args.fail_on_ambiguous is False

@@ -162,7 +162,7 @@ def test_train_step_bf16(name):
     impl = implementation(name, "cuda")
     wrapped = []
 
-    def wrap(step, model, optimizer):  # what bench.train.TrainCall times: the implementation's wrapped step
+    def wrap(step, model, optimizer):  # what bench.measure.train.TrainCall times: the implementation's wrapped step
         wrapped.append(impl.wrap_train_step(step, model, optimizer, "cuda"))
         return wrapped[-1]
 
@@ -191,9 +191,9 @@ def _busy(ms: float) -> None:
 
 
 def _clock():
-    """bench.timing.SleepClock, the best of three calibrations: the window's other processes share the GPU, and a
-    calibration they interrupt only ever reads too few cycles per microsecond."""
-    from bench.timing import SleepClock
+    """bench.measure.timing.SleepClock, the best of three calibrations: the window's other processes share the GPU, and
+    a calibration they interrupt only ever reads too few cycles per microsecond."""
+    from bench.measure.timing import SleepClock
 
     return max((SleepClock() for _ in range(3)), key=lambda c: c.cycles_per_us)
 
@@ -222,7 +222,7 @@ def test_timing_take_sample_times_the_device_not_the_host():
     """A call of 3 ms host work then a 1 ms kernel: enqueue_ms sees the host work, and the sample — the GPU asleep
     while the host enqueues, then the events — sees the kernel only: without the sleep every sample would be
     ≥ 4 ms, so the shortest of five is below 3 ms only if the sleep covered the host work."""
-    from bench.timing import L2Flush, Sampler, enqueue_ms, take_sample
+    from bench.measure.timing import L2Flush, Sampler, enqueue_ms, take_sample
 
     clock, flush = _clock(), L2Flush()
     host_ms, device_ms = 3.0, 1.0
@@ -239,7 +239,7 @@ def test_timing_take_sample_times_the_device_not_the_host():
 
 @timing_check
 def test_timing_enqueue_is_host_time_and_back_to_back_is_wall_time():
-    from bench.timing import back_to_back_ms, enqueue_ms
+    from bench.measure.timing import back_to_back_ms, enqueue_ms
 
     clock = _clock()
     kernel_ms = 5.0
@@ -255,7 +255,7 @@ def test_timing_enqueue_is_host_time_and_back_to_back_is_wall_time():
 
 @timing_check
 def test_timing_l2_flush_writes_twice_the_l2():
-    from bench.timing import L2Flush
+    from bench.measure.timing import L2Flush
 
     flush = L2Flush()
     props = torch.cuda.get_device_properties(torch.cuda.current_device())

@@ -4,13 +4,13 @@ Why not two stored runs: on a shared VM the machine's speed drifts between runs 
 apart), and samples from one run say nothing about the next. Here both sides see the same machine state:
 
 1. Each side is materialised (a git worktree of the revision in the cache, or a checkout path as it is) and served
-   by its own peer process (bench/peer.py) that runs **this** checkout's harness with **that** revision's
+   by its own peer process (bench/measure/peer.py) that runs **this** checkout's harness with **that** revision's
    ``kernels`` and ``reference`` — so BASE can be any older revision.
 2. Per case, both peers validate every implementation against the float64 oracle (a case that passes on BASE and
    fails on NEW is ``broken``: a regression whatever the speed) and warm up; both then use one loop count.
 3. Rounds: per implementation one sample from each side, back to back, the order alternating from round to
    round. The estimate is the median per-round ratio new/base with its distribution-free 95% interval
-   (bench/stats.py ``paired_ratio``); rounds go on until that interval is tight (``Schedule``), or the pair's
+   (bench/runs/stats.py ``paired_ratio``); rounds go on until that interval is tight (``Schedule``), or the pair's
    round/time limit.
 4. Verdict per (case, implementation) against ``--threshold`` (default 5%, ``--op-threshold OP=X`` overrides):
    slower / faster / same / ambiguous. **Confirmation**: every pair that is not ``same`` is measured again after
@@ -19,10 +19,10 @@ apart), and samples from one run say nothing about the next. Here both sides see
    A change is flagged only when three measurements, each in its own pair of processes, agree on it (the sweep
    and two confirmations, or three confirmations of an ambiguous sweep), none contradicting; a confirmation that
    finds no change clears it; NEW failing in any measurement is ``broken``; at most three confirmation passes
-   (bench/stats.py ``settle``). Confirmations and extra rounds are taken only within ``--budget`` seconds of the
+   (bench/runs/stats.py ``settle``). Confirmations and extra rounds are taken only within ``--budget`` seconds of the
    start of the timing; what stays undecided is reported inconclusive, one line per pair.
 5. ``--metric instructions``: both sides counted under Callgrind, one valgrind process per side for the whole
-   selection (bench/callgrind.py); deterministic, so the verdict is the ratio against 1%.
+   selection (bench/measure/callgrind.py); deterministic, so the verdict is the ratio against 1%.
 
 Exit: 0 no regression · 1 a confirmed slower or a broken case (or, with ``--fail-on-ambiguous``, a pair left
 inconclusive) · 2 bad usage (nothing is created) · 3 the two sides run in different environments.

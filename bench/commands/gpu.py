@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     g.add_argument("--dry-run", action="store_true", help="print the plan and its estimated total, run nothing")
     g.add_argument("--rehearse", action="store_true",
                    help="run the window's orchestration on the CPU with CPU stand-ins for the GPU work (faults: "
-                        "CONVBENCH_FAULT=hang:checks, crash:worker, …; see bench/faults.py)")
+                        "CONVBENCH_FAULT=hang:checks, crash:worker, …; see bench/measure/faults.py)")
     g.add_argument("--unpack", type=Path, metavar="FILE", help="restore a window archive as results/gpu/<name>/ and "
                                                               "merge its tuned configs; runs nothing")
     g.add_argument("--into", type=Path, metavar="DIR", help="with --unpack: the folder to restore into "

@@ -420,8 +420,8 @@ def _alive(pid: int) -> bool:
 
 
 class Host:
-    """A phase process: ``python -m bench.gpu_phases`` in its own session, serving phase requests (one JSON line on
-    stdin each) until stdin closes; each phase's result lands in ``out/phases/<name>.json``. ``call`` waits for
+    """A phase process: ``python -m bench.commands.gpu_phases`` in its own session, serving phase requests (one JSON
+    line on stdin each) until stdin closes; each phase's result lands in ``out/phases/<name>.json``. ``call`` waits for
     it up to the phase's deadline, then kills the process group and every process carrying the token."""
 
     def __init__(self, out: Path, rehearse: bool, env: dict[str, str], log: Path) -> None:

@@ -18,7 +18,7 @@ to 0.7% on a case (0.46% over seven runs of the smoke conv2d cases; one case or 
 difference was all in glibc's malloc/free (``_int_malloc``, ``malloc_consolidate``, ``unlink_chunk``,
 ``_int_memalign``; callgrind_annotate of the two dumps): what the allocator executes for the same requests depends
 on the heap the window finds. Kept out of the history: the valgrind peer warms up by a count of calls, not for a
-time (bench/peer.py; the clock decided how many); each window follows as many un-counted calls of the same loop
+time (bench/measure/peer.py; the clock decided how many); each window follows as many un-counted calls of the same loop
 (the allocator, the interpreter's specialised bytecode and lazy caches reach the state the window's own calls
 keep); glibc's mmap and trim thresholds are fixed (``ENV``; by default they follow the largest block freed so far);
 the client-request functions are bound before any window (a first ``lib.cg_end`` lookup landed in the first one).

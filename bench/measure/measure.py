@@ -312,7 +312,7 @@ def _prepare_case(case, impl_names, timing, seed, phase, report, inputs, public)
 
 def make_sampler(name: str, call: Callable[[], object], case: Case, call_ms: float, timing: Timing) -> Sampler:
     """The timing state of a validated, warmed-up ``call`` (``call_ms``: its fastest warm-up call). A GPU
-    train_step is timed as a training loop runs (``bench.timing.wall_timed``): wall time of back-to-back steps,
+    train_step is timed as a training loop runs (``bench.measure.timing.wall_timed``): wall time of back-to-back steps,
     synchronised at the end, looped so a sample lasts ``target_sample_ms`` (at least MIN_WALL_STEPS steps); any other
     GPU call is device time between CUDA events, its host time measured here to size the sleep before each
     sample."""

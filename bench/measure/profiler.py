@@ -205,7 +205,7 @@ def profile_call(case, impl: str, fn, out: Path, calls: int) -> dict:
 
 
 def _case_columns(case) -> dict:
-    """The results-row columns that describe a case (bench.schema.case_label reads them)."""
+    """The results-row columns that describe a case (bench.runs.schema.case_label reads them)."""
     return {"case_key": case.key, "op": case.op, "dtype": case.dtype, "layout": case.layout, **case.columns(),
             "options": case.options_text().strip()}
 

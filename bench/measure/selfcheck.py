@@ -4,10 +4,10 @@ For every conv2d, conv2d_backward and pooling case of a suite, the ``cudnn`` row
 as ``bench run`` prepares it (``bench.measure.prepare_case``: bound, validated against the oracle, warmed up, its loop
 count calibrated) on tensors that are then handed, unchanged, to ``torch.utils.benchmark.Timer`` as the plain
 ``F.conv2d(x, w, b, stride=…, …)`` statement (a backward case: ``torch.autograd.grad`` of the same graph). The two
-are sampled in paired rounds — one convbench sample (``bench.timing.take_sample``, ``loops`` calls) and one Timer
-block of as many calls (``Timer.timeit``), the order alternating — under the same grad mode and thread count, with
+are sampled in paired rounds — one convbench sample (``bench.measure.timing.take_sample``, ``loops`` calls) and one
+Timer block of as many calls (``Timer.timeit``), the order alternating — under the same grad mode and thread count, with
 the garbage collector off. Per case: the median of the per-round ratios convbench/Timer and its distribution-free 95%
-interval (``bench.stats.paired_ratio``). On a GPU the device time of a sample is also set against
+interval (``bench.runs.stats.paired_ratio``). On a GPU the device time of a sample is also set against
 ``triton.testing.do_bench`` (events around each call, L2 cleared before it), and the Timer's figure (wall time of
 back-to-back calls, synchronised per block) against convbench's back-to-back wall time.
 

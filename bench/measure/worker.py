@@ -53,7 +53,7 @@ def serve(conn, config: WorkerConfig) -> None:
         if msg[0] == "stop":
             return
         _, case, impls, timing, seed = msg
-        inject("worker")  # a rehearsal's injected fault (bench/faults.py); nothing unless CONVBENCH_FAULT is set
+        inject("worker")  # a rehearsal's fault (bench/measure/faults.py); nothing unless CONVBENCH_FAULT is set
         if not warmed:  # process start-up lands here, not in the first case's compile_s
             conn.send(("warmup", warm_up_process(case.device, impls,
                                                  lambda name: conn.send(("phase", name, "process warm-up")))))

@@ -1,6 +1,6 @@
 """``bench baseline promote RUN_DIR``: make a run the baseline that ``bench compare RUN`` uses for its environment.
 
-A baseline lives in ``results/baselines/<device_key>/`` (see ``bench.schema.device_key``): one per environment
+A baseline lives in ``results/baselines/<device_key>/`` (see ``bench.runs.schema.device_key``): one per environment
 fingerprint (device, device name, threads, torch, CPU model), because runs from different environments are never
 compared. Promoting copies the run's data files (not its plots) and a ``BASELINE.json`` that says where it came
 from; an existing baseline is replaced atomically — the new one is assembled in a temporary directory beside it and

@@ -5,9 +5,9 @@ back-to-back runs, and whole cases (all implementations of one case together: it
 case) move by up to 60%, so a bare ratio of medians is not evidence. ``compare`` therefore
 
 - normalises by the control implementation (``--normalize cudnn``, the default when both runs have its rows), timed
-  in every round its subjects are (bench/timing.py): each implementation's ratio is divided by its case's **shared
-  factor**, the control's ratio on the same case — or, where the case has two or more other implementations, the
-  median of the control's ratio and theirs (each less that implementation's typical change over all cases), so
+  in every round its subjects are (bench/measure/timing.py): each implementation's ratio is divided by its case's
+  **shared factor**, the control's ratio on the same case — or, where the case has two or more other implementations,
+  the median of the control's ratio and theirs (each less that implementation's typical change over all cases), so
   that one row's jump between runs, the control's included, cannot make a whole case look slower;
 - carries every sample set's noise into the ratio (a bootstrap of each run's median, the control's and the other
   references' too), and adds the **between-run scatter** the normalised rows show around each implementation's
@@ -19,7 +19,7 @@ case) move by up to 60%, so a bare ratio of medians is not evidence. ``compare``
   (``p_value``; ``p_unadjusted`` beside it), so identical code gives no verdict with probability ≥ 1 − alpha under
   this model;
 - calls a pair ``slower``/``faster`` only when the adjusted p-value is below ``--alpha``, the interval excludes 1
-  and the estimate is beyond ``--threshold`` (bench/stats.py ``classify``).
+  and the estimate is beyond ``--threshold`` (bench/runs/stats.py ``classify``).
 
 A regression of a path every implementation runs — argument checks in kernels/base.py or reference/args.py, the
 control included — moves the control and its subjects alike and is invisible to a normalised ``compare``; ``bench

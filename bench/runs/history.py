@@ -9,7 +9,7 @@ File ``results/history.sqlite``, schema version in ``PRAGMA user_version``:
 
 - ``runs(run_id, commit, commit_time, start, env_key, suite, source, env_json)`` — ``run_id`` is a hash of the run's
   start time, host and git commit, so adding the same run directory twice stores it once; ``env_key`` is
-  ``bench.schema.device_key`` (only runs with the same key are one series); times are normalised to UTC.
+  ``bench.runs.schema.device_key`` (only runs with the same key are one series); times are normalised to UTC.
 - ``rows(run_id, case_key, impl, op, status, median_ms, ci_low_ms, ci_high_ms, instructions, backend, times_ms,
   row_json)`` — ``row_json`` is the whole results row.
 

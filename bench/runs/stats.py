@@ -8,7 +8,7 @@ Two ways to compare BASE with NEW, for two kinds of evidence:
   distribution-free one from their order statistics, its p-value Wilcoxon's signed-rank test. This is what
   survives a shared runner.
 - **Unpaired** (``bench compare`` of two stored runs): the runs saw different machine states. The ratio of
-  medians with a bootstrap interval and a Mann–Whitney test measures sampling noise only; ``bench/compare.py``
+  medians with a bootstrap interval and a Mann–Whitney test measures sampling noise only; ``bench/runs/compare.py``
   corrects it by each case's shared factor between the runs (its control's ratio, outvoted by the case's other
   implementations), carries the control's own noise and the between-run scatter into every interval, and
   Holm-adjusts the p-values over the pairs of one comparison (see its docstring).
