@@ -83,7 +83,7 @@ class TaskSetup:
 
 def _import_ray():
     try:
-        import ray
+        import ray  # optional: pip install 'convbench[ray]'
     except ImportError:
         raise UsageError("--executor ray needs Ray: pip install 'convbench[ray]'") from None
     if tuple(int(p) for p in ray.__version__.split(".")[:2] if p.isdigit()) < (2, 50):
@@ -93,7 +93,7 @@ def _import_ray():
 
 
 def _this_node() -> dict:
-    import ray
+    import ray  # optional, and on a node: this runs inside a Ray task
 
     ip, node_id = ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
     # the id's prefix tells apart Ray nodes that share a machine (containers, test clusters)

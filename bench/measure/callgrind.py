@@ -99,7 +99,7 @@ class Counter:
         if self.lib is not None:  # bound now: a ctypes attribute's first lookup (dlsym) must not land in a window
             self._begin, self._end = self.lib.cg_begin, self.lib.cg_end
         else:
-            import torch
+            import torch  # torch's own toggle, the fallback where valgrind's header is missing
 
             if not torch._C._valgrind_supported_platform():
                 raise RuntimeError("torch was built without valgrind support and callgrind.h is missing")
@@ -137,7 +137,7 @@ class Counter:
                 fn()
             end()
         else:
-            import torch
+            import torch  # torch's own toggle, the fallback where valgrind's header is missing
 
             toggle, dump = torch._C._valgrind_toggle, torch._C._valgrind_toggle_and_dump_stats
             toggle()

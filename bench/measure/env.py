@@ -140,7 +140,7 @@ def gpu_telemetry() -> dict | None:
             "capability": ".".join(map(str, torch.cuda.get_device_capability(index))),
             "memory_gib": round(props.total_memory / 2**30, 1)}
     try:
-        import pynvml as nv
+        import pynvml as nv  # optional: nvidia-ml-py, read on a GPU only
 
         nv.nvmlInit()
         h, uuid = _nvml_handle(nv, props)

@@ -30,7 +30,7 @@ from ..runs.stats import paired_ratio
 from .cases import Case
 from .measure import Prepared, fresh_inputs, grad_mode, prepare_case, set_precision
 from .suites import SUITES, Timing
-from .timing import Sampler, back_to_back_ms, synchronize, take_sample
+from .timing import L2Flush, Sampler, SleepClock, back_to_back_ms, synchronize, take_sample
 
 #: the ops whose timed call is one plain ``torch.nn.functional`` call (or the autograd backward of one)
 TIMER_OPS = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d")
@@ -129,8 +129,6 @@ def check_case(case: Case, timing: Timing, rounds: int, threads: int, seed: int 
                             lambda: timer.timeit(loops).median * 1e3, rounds, loops)]
         # on a GPU: device time against do_bench; back-to-back wall time against Timer (which synchronises per block)
         from triton.testing import do_bench  # optional dependency, needed on a GPU only
-
-        from .timing import L2Flush, SleepClock
 
         flush, clock = L2Flush(), SleepClock()
         calls = max(3, min(200, int(20 / max(prepared.call_ms, 1e-3))))

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .baseline import find
 from .schema import FAILED, atomic_write, case_label, env_groups, fingerprint, read_env, read_rows
 from .stats import BOOTSTRAP, Ratio, classify
 
@@ -366,8 +367,6 @@ def compare_runs(base_dir: Path, new_dir: Path | None = None, threshold: float |
         return 2
     try:
         if new_dir is None:  # one argument: the run against the baseline of its environment
-            from .baseline import find
-
             new_dir = Path(base_dir)
             found = find(_load(new_dir)[1])
             if found is None:

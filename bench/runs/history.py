@@ -247,7 +247,7 @@ def change_points(values: np.ndarray, min_size: int = 3, penalty_factor: float =
         return []
     x = np.log(v) if np.all(v > 0) else v
     sigma = noise_sigma(x)
-    import ruptures
+    import ruptures  # slow to import, and only change points need it
 
     y = _median_filter(x, min_size - 1).reshape(-1, 1)
     pen = penalty_factor * math.log(n) * sigma**2

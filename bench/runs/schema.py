@@ -203,6 +203,7 @@ def _check_rows(frame: pd.DataFrame, source: Path) -> None:
 def pytest_benchmark_json(rows: Iterable[dict], env: dict) -> dict:
     """The run in pytest-benchmark's JSON format: one benchmark per timed ok row, stats in seconds (rows of an
     instruction-count run carry no times and are left out: the format has no field for a count)."""
+    # pytest-benchmark: only a run's end writes this file, reading a run never needs it
     from pytest_benchmark import __version__
     from pytest_benchmark.stats import Stats
 

@@ -154,7 +154,7 @@ def unpaired_ratio(base: np.ndarray, new: np.ndarray, rng: np.random.Generator,
     b, nw = sets[0], sets[1]
     if control is not None:  # put both runs on the control's scale before testing
         b, nw = b / np.median(sets[2]), nw / np.median(sets[3])
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import mannwhitneyu  # imported here: scipy.stats alone takes a second to import
 
     p = float(mannwhitneyu(nw, b, alternative="two-sided").pvalue) if min(len(b), len(nw)) >= 2 else 1.0
     return Ratio(point, float(lo), float(hi), p, min(len(b), len(nw)))
