@@ -95,7 +95,7 @@ def test_a_gpu_train_sample_is_wall_time_of_back_to_back_steps_synchronised_at_t
 
 
 def test_a_gpu_train_case_is_sampled_by_wall_clock_with_calibrated_loops(fake_cuda, monkeypatch):
-    from bench import timing
+    from bench.measure import timing
     from bench.measure.measure import make_sampler
 
     monkeypatch.setattr(timing, "L2Flush", _Never)
@@ -124,7 +124,7 @@ def test_gpu_train_rows_say_they_are_wall_time_and_other_rows_keep_the_runs_mode
 
 # ---- 8d: host_us first; GPU kernels profiled only under --profile ------------------------------------------------
 def _fake_measure(monkeypatch, case: Case, impls=("cudnn", "naive")):
-    from bench import measure
+    from bench.measure import measure
 
     log: list[tuple[str, str]] = []
 

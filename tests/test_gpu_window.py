@@ -228,7 +228,7 @@ def test_the_archive_is_one_file_under_the_limit_leaving_out_plots_first_and_unp
                                                                                                       monkeypatch):
     import tarfile
 
-    from bench import pack
+    from bench.runs import pack
     from kernels.triton import tuning
 
     d = _window_dir(tmp_path / "w")
@@ -251,7 +251,7 @@ def test_the_archive_is_one_file_under_the_limit_leaving_out_plots_first_and_unp
 
 
 def test_the_archive_is_replaced_whole_never_half_written(tmp_path):
-    from bench import pack
+    from bench.runs import pack
 
     d = _window_dir(tmp_path / "w")
     archive = tmp_path / "window.tar.gz"

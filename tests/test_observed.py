@@ -200,7 +200,7 @@ def test_the_counted_process_allocates_the_same_way_whatever_it_freed_before():
     whole process: the same 1 MiB buffer is mmapped in one history and carved from the heap in another, two code
     paths of different length inside a window. The process under valgrind runs with both thresholds fixed
     (bench.measure.callgrind.ENV), so it takes one path whatever ran before."""
-    from bench import callgrind
+    from bench.measure import callgrind
 
     assert {_allocation_path(h, {"GLIBC_TUNABLES": ""}) for h in ("none", "big")} == {"mmapped", "heap"}  # the hazard
     assert {_allocation_path(h, callgrind.ENV) for h in ("none", "big")} == {"heap"}
@@ -233,7 +233,7 @@ def test_the_valgrind_peer_warms_up_by_a_count_not_a_time(tmp_path, monkeypatch)
     from multiprocessing import Pipe
 
     import bench.measure.measure
-    from bench import peer
+    from bench.measure import peer
 
     seen = []
     monkeypatch.setattr(bench.measure.measure, "prepare_case",
@@ -365,7 +365,7 @@ def test_a_count_does_not_depend_on_the_heap_the_process_built_before(tmp_path):
     """The same call counted after two heap histories (2000 blocks of random sizes, all freed or every other one
     kept): glibc's malloc/free execute different paths on the two heaps, the rest of the call does not — a row
     counts the rest (bench.measure.callgrind.split_window)."""
-    from bench import callgrind
+    from bench.measure import callgrind
 
     repo = Path(__file__).resolve().parent.parent
     counts = []

@@ -109,7 +109,7 @@ def test_a_bad_report_argument_exits_2_and_writes_nothing(reported_run, tmp_path
 def test_axis_sweeps_find_the_cases_that_differ_in_one_axis_only(tmp_path):
     import pandas as pd
 
-    from bench import charts
+    from bench.present import charts
 
     base = dict(op="conv2d", status="ok", layout="nchw", dtype="float32", batch=8, in_channels=32, out_channels=32,
                 height=28, width=28, kernel_h=3, kernel_w=3, stride="1", padding="1", dilation="1", groups="1",
