@@ -83,11 +83,26 @@ def totals(df: pd.DataFrame) -> list[Total]:
             part = rows[rows["op"].isin(ops)]
             if passes == "forward+backward" and not (part["op"] == "conv2d_backward").any():
                 continue  # the run measured no backward
-            found = {impl: _total(model, impl, passes, part[part["impl"] == impl]) for impl in impls}
+            found = {impl: _total(model, impl, passes, _with_absent(part[part["impl"] == impl], passes))
+                     for impl in impls}
             control = found.get(CONTROL)
-            for impl, t in found.items():
-                out.append(_versus(t, control))
+            out += [_versus(t, control) for t in found.values()]
     return out
+
+
+def _with_absent(rows: pd.DataFrame, passes: str) -> pd.DataFrame:
+    """A forward + backward pass needs each conv layer's backward row too: one that is absent counts as a layer
+    not measured (status ``absent``)."""
+    if passes == "forward":
+        return rows
+    shape = rows["case_key"].str.split("|", n=1).str[1]
+    have = set(shape[rows["op"] == "conv2d_backward"])
+    absent = rows[(rows["op"] == "conv2d") & ~shape.isin(have)]
+    if absent.empty:
+        return rows
+    stand_in = absent.assign(op="conv2d_backward", status="absent", error="no conv2d_backward row",
+                             case_key="conv2d_backward|" + absent["case_key"].str.split("|", n=1).str[1])
+    return pd.concat([rows, stand_in], ignore_index=True)
 
 
 def _total(model: str, impl: str, passes: str, rows: pd.DataFrame) -> Total:
@@ -95,8 +110,8 @@ def _total(model: str, impl: str, passes: str, rows: pd.DataFrame) -> Total:
     bad = rows[rows["status"] != "ok"]
     if len(bad) or not layers:
         why = ", ".join(f"{n} {s}" for s, n in bad["status"].value_counts().items())
-        first = str(bad["error"].iloc[0])[:120] if len(bad) and "error" in bad and isinstance(bad["error"].iloc[0], str) \
-            else ""
+        error = bad["error"].iloc[0] if len(bad) and "error" in bad else ""
+        first = error[:120] if isinstance(error, str) else ""
         return Total(model, impl, passes, None, None, layers, calls,
                      f"{len(bad)} of {layers} layers not measured ({why})" + (f": {first}" if first else ""))
     c, m = rows["count_in_model"].astype(float), rows["median_ms"].astype(float)

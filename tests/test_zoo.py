@@ -95,7 +95,7 @@ def test_an_unknown_model_names_the_choices():
 
 # ---- whole-network sums ---------------------------------------------------------------------------------------------
 def _row(key, op, impl, median, models, status="ok", half=0.1):
-    return dict(case_key=key, op=op, impl=impl, status=status, error="" if status == "ok" else "no depthwise",
+    return dict(case_key=f"{op}|{key}", op=op, impl=impl, status=status, error="" if status == "ok" else "no depthwise",
                 median_ms=median, ci_low_ms=median - half, ci_high_ms=median + half, iqr_ms=half, models=models)
 
 
@@ -129,7 +129,7 @@ def test_a_network_with_a_layer_not_measured_has_no_total():
 
 def test_shares_rank_the_layers_and_add_up_to_one():
     s = shares(_run(), "net", "cudnn")
-    assert list(s["case_key"]) == ["a", "b"] and s["share"].sum() == pytest.approx(1.0)
+    assert list(s["case_key"]) == ["conv2d|a", "max_pool2d|b"] and s["share"].sum() == pytest.approx(1.0)
     assert s["share"].iloc[0] == pytest.approx(3 / 3.5)
     assert parse_models("") == {} and parse_models("x:2") == {"x": 2}
     assert set(totals_frame(_run())["passes"]) == {"forward", "forward+backward"}
@@ -140,3 +140,26 @@ def test_layer_is_hashable_by_its_problem_only():
 
     p = ConvProblem(N=1, C=3, H=8, W=8, K=4, R=3, S=3)
     assert Layer(p, {"a": 1}) == Layer(p, {"b": 2}) and len({Layer(p), Layer(p)}) == 1
+
+
+def test_the_report_tabulates_and_draws_every_model(tmp_path):
+    from bench.network_report import layer_kind, network_sections
+
+    run = _run().assign(groups="1", in_channels=16, kernel_h=3, kernel_w=3, stride="1", dilation="1")
+    run.loc[run["case_key"] == "conv2d|c", ["groups", "in_channels"]] = ("16", 16)
+    sections = network_sections(run, tmp_path)
+    headings = [h for h, _ in sections]
+    assert [h.split(":")[0] for h in headings if h] == ["net", "net", "other", "other"]
+    table = sections[0][1]
+    assert table.loc["im2col", "fwd ×cudnn"] == "0.50 ± 0.05" and table.loc["cudnn", "layers (calls)"] == "2 (4)"
+    assert "not measured" in network_sections(run, tmp_path)[3][1].loc["im2col", "fwd ms"]
+    assert (tmp_path / "network_net.png").stat().st_size > 0 and (tmp_path / "network_other.png").exists()
+    kinds = {k: layer_kind(r) for k, r in run.drop_duplicates("case_key").set_index("case_key").iterrows()}
+    assert kinds == {"conv2d|a": "dense k×k", "max_pool2d|b": "max pool", "conv2d_backward|a": "backward",
+                     "conv2d|c": "depthwise"}
+
+
+def test_a_conv_without_its_backward_row_leaves_the_forward_backward_total_open():
+    t = {(x.model, x.impl, x.passes): x for x in totals(_run())}
+    assert t["other", "cudnn", "forward+backward"].ms is None
+    assert "1 absent" in t["other", "cudnn", "forward+backward"].missing
