@@ -163,3 +163,28 @@ def test_a_conv_without_its_backward_row_leaves_the_forward_backward_total_open(
     t = {(x.model, x.impl, x.passes): x for x in totals(_run())}
     assert t["other", "cudnn", "forward+backward"].ms is None
     assert "1 absent" in t["other", "cudnn", "forward+backward"].missing
+
+
+def test_a_layer_an_implementation_cannot_run_is_unsupported_with_its_reason(monkeypatch):
+    import torch.nn.functional as F
+
+    import kernels
+    from bench.cases import Case
+    from bench.measure import measure_case
+    from bench.suites import SMOKE_TIMING
+    from reference import PoolProblem
+
+    class ConvOnly(kernels.Implementation):
+        name, summary = "conv-only", "a conv2d and nothing else"
+
+        def _conv2d(self, x, weight, bias, p):
+            return F.conv2d(x, weight, bias, **p.kwargs())
+
+    kernels.names()  # the registry is loaded before the stand-in joins it
+    monkeypatch.setitem(kernels._REGISTRY, "conv-only", ConvOnly())
+    out = []
+    measure_case(Case("max_pool2d", PoolProblem("max_pool2d", 1, 2, 8, 8, kernel=(2, 2))), ["conv-only"], SMOKE_TIMING,
+                 report=out.append)
+    assert [(o.status, o.error, o.backend) for o in out] == [
+        ("unsupported", "conv-only does not implement max_pool2d", "none")]
+    assert ConvOnly().unsupported("train_step") == "conv-only does not implement max_pool2d"
