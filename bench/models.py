@@ -138,7 +138,10 @@ def model_calls(name: str, image_size: int = 224, batch: int = 1) -> list[tuple[
     names = {m: n for n, m in model.named_modules()}
     pre = torch.nn.modules.module.register_module_forward_pre_hook(
         lambda m, _: stack.append(names.get(m, type(m).__name__)))
-    post = torch.nn.modules.module.register_module_forward_hook(lambda m, _i, _o: stack.pop() and None)
+    def leave(_module, _inputs, _output) -> None:  # returns None: a hook's result would replace the output
+        stack.pop()
+
+    post = torch.nn.modules.module.register_module_forward_hook(leave)
     try:
         with torch.no_grad(), _Recorder(stack) as rec:
             model(torch.empty(batch, 3, image_size, image_size, device="meta"))
