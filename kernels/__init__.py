@@ -7,7 +7,8 @@
 
 Every public module of this package is imported on first use, so adding an implementation is adding one module or
 package (plus an ``ORDER`` entry to place it in tables); bench, report and compare pick it up unchanged. Implementations
-that live outside this package are loaded from the modules named in ``CONVBENCH_PLUGINS`` (comma-separated).
+that live outside this package are loaded from installed packages' ``convbench.implementations`` entry points
+(``ENTRY_POINTS``; see examples/my_conv) and from the modules named in ``CONVBENCH_PLUGINS`` (comma-separated).
 
 A module that fails to import is recorded, not fatal (``load_errors``; ``python -m bench list`` shows why), so one
 broken module cannot take the others down. Only an implementation's *optional dependency being absent* may make it
@@ -19,6 +20,7 @@ and the test suite fails on any (tests/conftest.py ``implementation``, tests/tes
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import pkgutil
 import traceback
@@ -31,6 +33,10 @@ __all__ = ["Implementation", "OPS", "device_type", "register", "names", "get", "
            "note", "Record", "merge_facts", "default_names", "load_errors", "builtin_load_errors"]
 
 #: display order of the built-in implementations; others follow in registration order
+#: the entry-point group through which an installed package adds implementations (``[project.entry-points.
+#: "convbench.implementations"] my_conv = "my_conv"`` in its pyproject.toml; the value is a module that registers
+#: with ``@register``, or an ``Implementation`` subclass, registered when loaded)
+ENTRY_POINTS = "convbench.implementations"
 ORDER = ("naive", "im2col", "cudnn", "compile", "compile-max-autotune", "compile-max-autotune-no-cudagraphs",
          "triton")
 
@@ -64,6 +70,13 @@ def _load() -> None:
         except Exception as exc:  # a broken module must not take the other implementations down with it
             _LOAD_ERRORS[info.name] = _describe(exc)
             _BUILTIN_FAILED.add(info.name)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):  # what `pip install` registered
+        try:
+            found = ep.load()
+            if isinstance(found, type) and issubclass(found, Implementation) and found.name not in _REGISTRY:
+                register(found)  # an entry point may name the class itself, decorated or not
+        except Exception as exc:
+            _LOAD_ERRORS[f"{ep.name} = {ep.value}"] = _describe(exc)
     for module in filter(None, (m.strip() for m in os.environ.get("CONVBENCH_PLUGINS", "").split(","))):
         try:
             importlib.import_module(module)
@@ -108,7 +121,7 @@ def all_implementations() -> list[Implementation]:
 
 def load_errors() -> dict[str, str]:
     """Modules that could not be imported, with the reason (shown by ``python -m bench list``): built-in modules by
-    their name in this package, plugins by the name given in CONVBENCH_PLUGINS."""
+    their name in this package, entry points as ``name = value``, plugins by the name given in CONVBENCH_PLUGINS."""
     _load()
     return dict(_LOAD_ERRORS)
 

@@ -224,19 +224,32 @@ class Implementation:
         bound call is a plain library function observes it from outside instead (cudnn)."""
         return call()
 
+    def unsupported(self, op: str, problem=None) -> str | None:
+        """Why this implementation does not run ``op`` (on ``problem``), or None when it does. By default: an op whose
+        hook the class leaves unimplemented (a plugin that brings only a conv2d; a training step needs conv2d and
+        max_pool2d). An implementation with partial support (no depthwise kernel, …) overrides this. The bench
+        records such a case as ``unsupported`` with this reason — never a silent fallback to another
+        implementation."""
+        needs = {"conv2d": ("_conv2d",), "conv2d_backward": ("_conv2d",), "max_pool2d": ("_max_pool2d",),
+                 "avg_pool2d": ("_avg_pool2d",), "train_step": ("_conv2d", "_max_pool2d")}.get(op, ())
+        missing = [h[1:] for h in needs if getattr(type(self), h) is getattr(Implementation, h)]
+        if missing:
+            return f"{self.name} does not implement {' or '.join(missing)}"
+        return None
+
     # ---- hooks ----------------------------------------------------------------------------------------------------
     def _conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: ConvProblem):
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name} does not implement conv2d")
 
     def _conv2d_relu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: ConvProblem):
         return torch.relu(self._conv2d(x, weight, bias, p))
 
     def _max_pool2d(self, x: torch.Tensor, p: PoolProblem) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (values, indices); indices may be None when ``p.return_indices`` is False."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name} does not implement max_pool2d")
 
     def _avg_pool2d(self, x: torch.Tensor, p: PoolProblem) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name} does not implement avg_pool2d")
 
     def _require(self, device) -> None:
         """Refuse a device this implementation cannot run on. A device found usable is remembered (availability

@@ -200,6 +200,13 @@ class Outcome:
     host_us: float | None = None  # GPU: back-to-back wall time per call minus device time (not for wall-timed rows)
 
 
+def _unsupported(impl, case: Case) -> str | None:
+    """The implementation's own reason for not running this op or problem (``Implementation.unsupported``; kernels
+    that predate it support every op)."""
+    unsupported = getattr(impl, "unsupported", None)
+    return unsupported(case.op, case.problem) if unsupported else None
+
+
 def _what_ran(first, *others) -> kernels.Record:
     """One record for the row: the labels of the first timed-callable call (what is timed; else those of the
     setup, e.g. a train row's checked steps), and the facts of every record (compile counters and generated code
@@ -259,7 +266,7 @@ def _prepare_case(case, impl_names, timing, seed, phase, report, inputs, public)
     for name in impl_names:
         impl = kernels.get(name)
         backend = impl.backend(case.op, case.device, case.problem)
-        why = impl.unavailable_reason(case.device)
+        why = impl.unavailable_reason(case.device) or _unsupported(impl, case)
         if why:  # nothing ran: the backend is none
             report(Outcome(name, "unsupported", why, "none"))
             continue
