@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from conftest import implementation
 from torch import nn
 
-from bench.cases import Case
-from bench.net_train import net_train_call
+from bench.measure.cases import Case
+from bench.measure.net_train import net_train_call
 from reference.net_agreement import net_train_agreement
 from reference.net_problem import NetTrainProblem, synthetic_images
 from reference.routed import ROUTED, routed, routed_layers, trace

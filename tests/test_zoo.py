@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.models import ZOO, Layer, check_models, model_calls, model_layers, model_names
-from bench.network import parse_models, shares, totals, totals_frame
+from bench.measure.models import ZOO, Layer, check_models, model_calls, model_layers, model_names
+from bench.runs.network import parse_models, shares, totals, totals_frame
 
 
 def _module_counts(name: str) -> dict[str, int]:
@@ -70,7 +70,7 @@ def test_extraction_uses_meta_tensors_only(monkeypatch):
         raise AssertionError("the layer extraction opened a socket")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    from bench import models
+    from bench.measure import models
 
     built = []
     real = models._build
@@ -143,7 +143,7 @@ def test_layer_is_hashable_by_its_problem_only():
 
 
 def test_the_report_tabulates_and_draws_every_model(tmp_path):
-    from bench.network_report import layer_kind, network_sections
+    from bench.present.network import layer_kind, network_sections
 
     run = _run().assign(groups="1", in_channels=16, kernel_h=3, kernel_w=3, stride="1", dilation="1")
     run.loc[run["case_key"] == "conv2d|c", ["groups", "in_channels"]] = ("16", 16)
@@ -169,9 +169,9 @@ def test_a_layer_an_implementation_cannot_run_is_unsupported_with_its_reason(mon
     import torch.nn.functional as F
 
     import kernels
-    from bench.cases import Case
-    from bench.measure import measure_case
-    from bench.suites import SMOKE_TIMING
+    from bench.measure.cases import Case
+    from bench.measure.measure import measure_case
+    from bench.measure.suites import SMOKE_TIMING
     from reference import PoolProblem
 
     class ConvOnly(kernels.Implementation):

@@ -192,7 +192,8 @@ def main(args) -> int:
         require_counts(args.device)
     sides = {"base": resolve("base", base_spec), "new": resolve("new", new_spec)}
     opts = Selection(suite=args.suite, device=args.device, ops=args.op, dtypes=args.dtype, layouts=args.layout,
-                     where=parse_where(args.where), shard=parse_shard(args.shard))
+                     where=parse_where(args.where), shard=parse_shard(args.shard), models=args.model or (),
+                     image_size=args.image_size, batch=args.batch)
     if "device_name" in opts.where:
         raise UsageError("--where device_name picks the machines of a run; ab times both sides on this machine, "
                          "one device, so there is nothing to pick")
@@ -210,8 +211,9 @@ def main(args) -> int:
     impls = select_impls(args.impl, args.compile_mode) if (args.impl or args.compile_mode) else None
     budget = getattr(args, "budget", None)
     ab_timing = ABTiming() if budget is None else ABTiming(budget=budget)
-    run = ABRun(sides, cases, impls, args.device, threads, SUITES[args.suite].timing, ab_timing, thresholds,
-                args.seed, args.timeout, not args.no_progress)
+    timing = SUITES["zoo" if args.model else args.suite].timing
+    run = ABRun(sides, cases, impls, args.device, threads, timing, ab_timing, thresholds, args.seed, args.timeout,
+                not args.no_progress)
     tables, infos = {}, {}
     scratch = None
     try:

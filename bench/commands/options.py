@@ -34,12 +34,27 @@ def filters(p, default_suite: str) -> None:
                         "kernel, stride, padding, dilation, groups) takes one of the values; repeatable. "
                         "device_name=TEXT[,TEXT] picks machines instead: those whose device name contains a TEXT "
                         "(case-insensitive; with --executor ray, the nodes that take cases)")
+    m = p.add_argument_group("real networks", "the distinct Conv2d/MaxPool2d/AvgPool2d layers of torchvision models "
+                                              "(no weights) instead of a suite's cases, and each model's training step")
+    m.add_argument("--model", type=model_list, metavar="NAME[,NAME…]",
+                   help="torchvision model names, e.g. resnet18,mobilenet_v3_small (python -m bench list --models)")
+    m.add_argument("--image-size", type=count("--image-size"), default=224, metavar="N",
+                   help="input images N×N (default 224)")
+    m.add_argument("--batch", type=count("--batch"), default=1, metavar="N", help="images per call (default 1)")
     p.add_argument("--shard", metavar="K/N", help="run only the K-th of N deterministic parts of the suite")
     p.add_argument("--threads", type=count("--threads"),
                    help="intra-op CPU threads (default: all cores but one; recorded, and runs with different counts "
                         "are never compared)")
     p.add_argument("--seed", type=count("--seed", 0), default=0, help="input data seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    """``--model a,b`` → ('a', 'b'); which names exist is checked when the cases are built (exit 2 there)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("--model expects NAME[,NAME…], got nothing")
+    return names
 
 
 def positive(name: str):

@@ -30,7 +30,11 @@ def add_parser(sub) -> None:
                     help="one explicit problem instead of a suite: N, C, H, W and optionally K, R, S, stride, "
                          "padding, dilation (int or HxW), groups, bias=0|1; e.g. N=8,C=256,H=14,W=14,K=256,R=3,"
                          "padding=1 (pools: R is the window)")
-    pr.add_argument("--model", default="simplecnn", choices=["simplecnn", "basiccnn"])
+    pr.add_argument("--model", default="simplecnn", metavar="NAME",
+                    help="simplecnn or basiccnn (the reference CNNs), or a torchvision model: with --where/--op its "
+                         "layers (as run --model), else its training step (default simplecnn)")
+    pr.add_argument("--image-size", type=count("--image-size"), default=224, metavar="N",
+                    help="a torchvision model's input images N×N (default 224)")
     pr.add_argument("--batch", type=count("--batch"), default=64)
     pr.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
     pr.add_argument("--device", default="cpu", choices=DEVICES)
@@ -42,6 +46,10 @@ def add_parser(sub) -> None:
                                              "results/runs/profile-<utc-time>)")
 
 
+#: the reference CNNs a training step is profiled on; any other --model is a torchvision network
+REFERENCE_MODELS = ("simplecnn", "basiccnn")
+
+
 def select(args) -> list:
     """The cases ``bench profile`` profiles: --shape; else the run selection (--suite/--op/--dtype/--layout/
     --where); else, with none of them, one training step (--model, --batch, --optimizer)."""
@@ -50,13 +58,18 @@ def select(args) -> list:
     if args.shape:
         return parse_shape(args.shape, args.op or ["conv2d"], args.dtype or ["float32"], args.layout or ["nchw"],
                            args.device)
+    network = args.model not in REFERENCE_MODELS
     if args.suite or args.op or args.where or args.layout:
         opts = Selection(suite=args.suite or "quick", device=args.device, ops=args.op, dtypes=args.dtype,
-                         layouts=args.layout, where=parse_where(args.where))
+                         layouts=args.layout, where=parse_where(args.where), models=(args.model,) if network else (),
+                         image_size=args.image_size, batch=args.batch)
         cases = select_cases(opts)
         if not cases:
             raise UsageError("no case matches the selection (--suite/--op/--dtype/--layout/--where)")
         return cases
+    if network:
+        return [c for c in select_cases(Selection(device=args.device, ops=["train_step"], models=(args.model,),
+                                                  image_size=args.image_size, batch=args.batch))]
     return [train_case(args.model, args.batch, args.optimizer, (args.dtype or ["float32"])[0], args.device)]
 
 

@@ -58,5 +58,6 @@ def main(args) -> int:
                       max_seconds=args.max_seconds, seed=args.seed, progress=not args.no_progress,
                       profile=args.profile, metric=args.metric,
                       warm_cache=args.warm_cache, report=not args.no_report, executor=args.executor,
-                      address=args.address, each_device=args.each_device, retries=args.retries)
+                      address=args.address, each_device=args.each_device, retries=args.retries,
+                      models=args.model or (), image_size=args.image_size, batch=args.batch)
     return run(opts)

@@ -85,10 +85,21 @@ class RunOptions:
     address: str | None = None  # the Ray cluster (None: a one-node cluster of this machine; "auto": the running one)
     each_device: bool = False  # ray: every case once per device kind of the cluster
     retries: int = 0  # ray: a case whose node dies goes once more to another node, this many times
+    models: tuple[str, ...] = ()  # run --model: these torchvision models' layers instead of the suite's cases
+    image_size: int = 224
+    batch: int = 1
 
     def selection(self) -> Selection:
         """Which cases this run measures."""
-        return Selection(self.suite, self.device, self.ops, self.dtypes, self.layouts, self.where, self.shard)
+        return Selection(self.suite, self.device, self.ops, self.dtypes, self.layouts, self.where, self.shard,
+                         tuple(self.models), self.image_size, self.batch)
+
+    @property
+    def label(self) -> str:
+        """What env.json and the report call the selection: the suite, or the models and their shape."""
+        if not self.models:
+            return self.suite
+        return f"models {','.join(self.models)} at {self.image_size}×{self.image_size}, batch {self.batch}"
 
 
 def default_out(device: str) -> Path:
@@ -167,7 +178,7 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
         raise UsageError("no case matches the selection (--suite/--op/--dtype/--layout/--where/--shard)")
     if opts.limit is not None:
         cases = cases[:opts.limit]
-    timing = SUITES[opts.suite].timing
+    timing = SUITES["zoo" if opts.models else opts.suite].timing
     if opts.max_seconds:
         timing = dataclasses.replace(timing, max_seconds=opts.max_seconds)
     if opts.metric == "instructions":
@@ -176,7 +187,7 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
             raise UsageError("--metric instructions runs one thread (valgrind serialises threads); drop --threads")
     threads = 1 if opts.metric == "instructions" else opts.threads or default_threads()
     out = opts.out or default_out(opts.device)
-    env = envmod.capture(opts.device, threads, opts.suite, suite_hash(cases, timing) + (
+    env = envmod.capture(opts.device, threads, opts.label, suite_hash(cases, timing) + (
         "-instructions" if opts.metric == "instructions" else ""), sys.argv[1:])
     env.update(shard=list(opts.shard) if opts.shard else None, impls=impls, cases=len(cases),
                timing=dataclasses.asdict(timing), timeout_s=opts.timeout, seed=opts.seed, metric=opts.metric)

@@ -6,9 +6,9 @@ outcome is one results row. ``key`` identifies a case in results files (resume, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from reference import ConvProblem, PoolProblem
+from reference import ConvProblem, NetTrainProblem, PoolProblem
 
 from ..runs.schema import CASE_OPS
 
@@ -24,8 +24,16 @@ def pair_text(v) -> str:
 @dataclass(frozen=True)
 class Case:
     op: str
-    problem: object  # ConvProblem | PoolProblem | reference.TrainProblem
+    problem: object  # ConvProblem | PoolProblem | reference.TrainProblem | reference.NetTrainProblem
     device: str = "cpu"
+    #: a layer of real networks: how often each model makes this call, ``resnet18:4;convnext_tiny:1`` (the rows'
+    #: ``models`` column; bench/measure/models.py); not part of the case's identity
+    models: str = field(default="", compare=False)
+
+    @property
+    def count(self) -> int | None:
+        """How many times the networks it belongs to make this call (a model layer), else None."""
+        return sum(int(part.rpartition(":")[2]) for part in self.models.split(";")) if self.models else None
 
     def __post_init__(self) -> None:
         if self.op not in CASE_OPS:
@@ -51,6 +59,9 @@ class Case:
         elif isinstance(p, PoolProblem):
             shape = f"N{p.N} C{p.C} H{p.H} W{p.W}|k{pair_text(p.kernel)}"
             args = f"s{pair_text(p.stride)} p{pair_text(p.padding)} d{pair_text(p.dilation)}{self.options_text()}"
+        elif isinstance(p, NetTrainProblem):
+            shape = f"N{p.batch} C3 H{p.image_size} W{p.image_size}|{p.model}"
+            args = self.options_text()
         else:
             shape = f"N{p.batch} C1 H28 W28|{p.model}"
             args = self.options_text()
@@ -82,6 +93,9 @@ class Case:
             return dict(batch=p.N, in_channels=p.C, out_channels=p.C, height=p.H, width=p.W, kernel_h=p.kernel[0],
                         kernel_w=p.kernel[1], stride=pair_text(p.stride), padding=pair_text(p.padding),
                         dilation=pair_text(p.dilation), groups="")
+        if isinstance(p, NetTrainProblem):  # a torchvision network's step: its input images and its classes
+            return dict(batch=p.batch, in_channels=3, out_channels=p.classes, height=p.image_size, width=p.image_size,
+                        kernel_h="", kernel_w="", stride="", padding="", dilation="", groups="")
         # train_step: the input of the network, one MNIST-shaped image per batch element
         return dict(batch=p.batch, in_channels=1, out_channels=10, height=28, width=28, kernel_h="", kernel_w="",
                     stride="", padding="", dilation="", groups="")

@@ -16,9 +16,10 @@ import torch
 import torch.profiler
 
 import kernels
-from reference import Check, check, check_exact, combine, oracle
+from reference import Check, NetTrainProblem, check, check_exact, combine, oracle
 
 from .cases import Case
+from .net_train import net_train_call
 from .suites import Timing
 from .timing import (
     NOISY_IQR,
@@ -121,6 +122,8 @@ def build_call(impl, case: Case, seed: int, expected: Expected,
     ``public``: time the public method instead, checks and all, per call (see ``bound``)."""
     p, dtype = case.problem, case.dtype
     if case.op == "train_step":
+        if isinstance(p, NetTrainProblem):  # a torchvision network's step, its convs and pools routed to impl
+            return net_train_call(impl, case, seed, phase=phase)
         return train_call(impl, case, seed, phase=phase)
     if case.op == "conv2d":
         t = inputs or fresh_inputs(case, seed, False)

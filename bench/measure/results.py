@@ -44,7 +44,7 @@ def make_row(case: Case, outcome: Outcome, timing_mode: str, threads: int, peaks
                   ci_high_ms="", warning=outcome.warning, instructions=_num(outcome.instructions, 10),
                   host_us=_num(outcome.host_us, 4), pct_peak="",
                   provenance=json.dumps(outcome.provenance, sort_keys=True, default=str) if outcome.provenance else "",
-                  node="", device_name="", env_key="", target="")
+                  node="", device_name="", env_key="", target="", count=case.count or "", models=case.models)
     extras.update(placement or {})
     if outcome.instructions is not None:
         row["timing_mode"] = timing_mode

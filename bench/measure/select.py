@@ -22,6 +22,11 @@ class Selection:
     layouts: list[str] | None = None
     where: dict[str, set[str]] = field(default_factory=dict)
     shard: tuple[int, int] | None = None
+    #: torchvision models whose layers replace the suite's cases (run --model), at this image size and batch; their
+    #: training steps too, unless --op leaves train_step out
+    models: tuple[str, ...] = ()
+    image_size: int = 224
+    batch: int = 1
 
 MACHINE_AXES = ("device_name",)
 #: torch.compile's modes, each its own implementation (bench/measure/impls.py: compile_impl)
@@ -52,11 +57,29 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+def model_selection(opts: Selection) -> list:
+    """``run --model``: the models' layers and training steps (bench/measure/models.py, sweeps.model_cases)."""
+    from . import sweeps  # torchvision and torch: loaded when cases are built, never to parse the options
+    from .models import check_models
+
+    try:
+        names = check_models(list(opts.models))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    dtypes = opts.dtypes or (["bfloat16"] if opts.device == "cuda" else ["float32"])
+    layouts = opts.layouts or (["channels_last"] if opts.device == "cuda" else ["nchw"])
+    try:
+        return sweeps.model_cases(names, opts.image_size, opts.batch, opts.device, dtypes, layouts,
+                                  train_batch=opts.batch)
+    except ValueError as exc:  # a model that cannot run at this size (its own message names the model)
+        raise UsageError(f"--model at --image-size {opts.image_size}, --batch {opts.batch}: {exc}") from None
+
+
 def select_cases(opts: Selection) -> list:
     """The suite's cases on the device, filtered by op / dtype / layout / --where, then this shard's part."""
     if opts.suite not in SUITES:
         raise UsageError(f"--suite must be one of {', '.join(SUITES)}, got {opts.suite!r}")
-    cases = SUITES[opts.suite].cases(opts.device)
+    cases = model_selection(opts) if opts.models else SUITES[opts.suite].cases(opts.device)
     if opts.ops:
         cases = [c for c in cases if c.op in opts.ops]
     if opts.dtypes:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import torch
-from torchvision.models import resnet50
-
-from reference import ConvProblem, PoolProblem, TrainProblem
+from reference import ConvProblem, NetTrainProblem, PoolProblem, TrainProblem
 
 from .cases import Case
+from .models import ZOO, ZOO_SHAPE, model_layers
 
 CONV_OPS = ("conv2d", "conv2d_backward")
 POOL_OPS = ("max_pool2d", "avg_pool2d")
@@ -161,26 +159,33 @@ def _full(device: str) -> list[Case]:
 
 
 def resnet50_layers(batch: int) -> list[tuple[ConvProblem, int]]:
-    """The distinct conv layers of torchvision's ResNet-50 at 224×224, with how often each occurs.
+    """The distinct conv layers of torchvision's ResNet-50 at 224×224, with how often each occurs — read off the
+    model itself (bench/measure/models.py: meta tensors, no weights, no download) so the list cannot drift."""
+    return [(layer.problem, layer.count) for layer in model_layers(["resnet50"], 224, batch)
+            if layer.problem.op == "conv2d"]
 
-    Read off the model itself (built on the meta device: no weights, no download) so the list cannot drift.
-    """
-    with torch.device("meta"):
-        model = resnet50()
-    seen: dict[ConvProblem, int] = {}
 
-    def hook(mod, inputs, _):
-        _, C, H, W = inputs[0].shape
-        p = ConvProblem(N=batch, C=C, H=H, W=W, K=mod.out_channels, R=mod.kernel_size[0], S=mod.kernel_size[1],
-                        stride=mod.stride, padding=mod.padding, dilation=mod.dilation, groups=mod.groups,
-                        bias=mod.bias is not None)
-        seen[p] = seen.get(p, 0) + 1
+def model_cases(names: Iterable[str], image_size: int, batch: int, device: str, dtypes: Iterable[str] = ("float32",),
+                layouts: Iterable[str] = ("nchw",), train_batch: int | None = None) -> list[Case]:
+    """The distinct conv and pool layers of torchvision models (conv2d and conv2d_backward cases for each conv, one
+    case per pool), each case carrying its per-model counts (``Case.models``), in every dtype and layout; then, when
+    ``train_batch`` is given, one SGD training step per model (``NetTrainProblem``) of that batch in float32 —
+    the step's check needs enough values per BatchNorm channel (reference/net_agreement.py)."""
+    cases = []
+    for dt in dtypes:
+        for lay in layouts:
+            for layer in model_layers(list(names), image_size, batch, dt, lay):
+                ops = CONV_OPS if layer.problem.op == "conv2d" else (layer.problem.op,)
+                cases += [Case(op, layer.problem, device, models=layer.models_text()) for op in ops]
+    if train_batch:
+        cases += [Case("train_step", NetTrainProblem(name, train_batch, image_size), device) for name in names]
+    return cases
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    model(torch.empty(1, 3, 224, 224, device="meta"))
-    for h in handles:
-        h.remove()
-    return list(seen.items())
+
+def _zoo(device: str) -> list[Case]:
+    image_size, batch = ZOO_SHAPE[device]
+    dtypes, layouts = (("bfloat16",), ("channels_last",)) if device == "cuda" else (("float32",), ("nchw",))
+    return model_cases(ZOO, image_size, batch, device, dtypes, layouts)
 
 
 def _resnet50(device: str) -> list[Case]:

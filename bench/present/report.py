@@ -21,6 +21,7 @@ from ..runs.schema import FAILED, atomic_write, case_label, device_key, env_grou
 from ..runs.summary import BASELINE, OP_ORDER, RATE, speedups
 from . import charts
 from .history_plots import plot as plot_history
+from .network import network_sections
 
 
 def case_table(frame: pd.DataFrame, op: str) -> pd.DataFrame:
@@ -83,7 +84,9 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
     env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    title = f"convbench report: {env.get('suite', '?')} suite on {env.get('device_name') or env.get('device', '?')}"
+    suite = env.get("suite", "?")
+    title = (f"convbench report: {suite}{'' if suite.startswith('models ') else ' suite'} on "
+             f"{env.get('device_name') or env.get('device', '?')}")
     sections: list[tuple[str, object]] = []
     summary = speedups(frame)
     overview = (f"{len(frame)} rows from `{run_dir}`; timed {env.get('start', '?')} → {env.get('end', '?')}, "
@@ -94,6 +97,7 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
         sections.append(("Speed relative to the library", summary.round(3)))
         if charts.plot_speedup_summary(summary, plots / "speedup.png"):
             sections.append(("", plots / "speedup.png"))
+    sections += network_sections(frame, plots)  # whole networks first: what a model's user decides on
     status = frame.pivot_table(index="impl", columns="status", values="op", aggfunc="count", fill_value=0, sort=False)
     sections.append(("Outcomes (rows per status)", status))
     failed = frame[frame["status"].isin(FAILED)]

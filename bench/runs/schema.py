@@ -24,7 +24,7 @@ COLUMNS = ("op impl device backend dtype layout batch in_channels out_channels h
            "padding dilation groups status error median_ms iqr_ms min_ms samples times_ms flops bytes gflops gbps "
            "images_per_s compile_s max_abs_err max_rel_err timing_mode").split()
 EXTRA_COLUMNS = ("case_key", "options", "threads", "loops", "ci_low_ms", "ci_high_ms", "warning", "instructions",
-                 "host_us", "pct_peak", "provenance", "node", "device_name", "env_key", "target")
+                 "host_us", "pct_peak", "provenance", "node", "device_name", "env_key", "target", "count", "models")
 #: what a case measures, the ``op`` column (kernels.OPS, the functions an implementation provides, is another list)
 CASE_OPS = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
 STATUSES = ("ok", "mismatch", "error", "timeout", "skipped", "unsupported")

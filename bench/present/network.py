@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..runs.network import CONTROL, models_in, parse_models, shares, totals  # noqa: E402
 from .charts import colour  # noqa: E402
-from .network import CONTROL, models_in, parse_models, shares, totals  # noqa: E402
 
 #: layer kinds in the order the chart stacks them
 KINDS = ("dense k×k", "1×1", "stride-2+ stem/down", "depthwise", "grouped", "dilated", "max pool", "avg pool",
