@@ -188,3 +188,63 @@ def test_a_layer_an_implementation_cannot_run_is_unsupported_with_its_reason(mon
     assert [(o.status, o.error, o.backend) for o in out] == [
         ("unsupported", "conv-only does not implement max_pool2d", "none")]
     assert ConvOnly().unsupported("train_step") == "conv-only does not implement max_pool2d"
+
+
+# ---- run --model, the zoo suite -------------------------------------------------------------------------------------
+def test_an_unknown_model_is_refused_before_anything_is_written(tmp_path, capsys):
+    from bench import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["run", "--model", "resnet18,resnet1000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "resnet1000" in err and "resnet18" in err.split("choose from", 1)[1] and not out.exists()
+
+
+def test_a_model_selection_is_its_layers_forward_and_backward_and_its_training_step():
+    from bench.measure.select import Selection, select_cases
+
+    cases = select_cases(Selection(models=("resnet18",), image_size=64, batch=4))
+    layers = model_layers(["resnet18"], 64, 4)
+    convs = [layer for layer in layers if layer.problem.op == "conv2d"]
+    assert len(cases) == len(layers) + len(convs) + 1
+    assert {c.op for c in cases} == {"conv2d", "conv2d_backward", "max_pool2d", "train_step"}
+    step = cases[-1]
+    assert step.key == "train_step|N4 C3 H64 W64|resnet18|model=resnet18 optimizer=sgd|float32|nchw|cpu"
+    assert step.columns()["in_channels"] == 3 and step.columns()["height"] == 64 and step.count is None
+    stem = cases[0]
+    assert stem.models == "resnet18:1" and stem.count == 1 and stem.columns()["kernel_h"] == 7
+    only = select_cases(Selection(models=("resnet18",), image_size=64, batch=4, ops=["max_pool2d"]))
+    assert [c.models for c in only] == ["resnet18:1"]
+
+
+def test_the_zoo_suite_covers_its_layer_kinds():
+    from bench.measure.suites import SUITES
+
+    cases = SUITES["zoo"].cases("cpu")
+    convs = [c.problem for c in cases if c.op == "conv2d"]
+    assert any(p.groups == p.C > 1 for p in convs) and any(1 < p.groups < p.C for p in convs)
+    assert any(max(p.dilation) > 1 for p in convs) and any(c.problem.ceil_mode for c in cases if c.op == "max_pool2d")
+    assert {m.split(":")[0] for c in cases for m in c.models.split(";")} == set(ZOO)
+
+
+def test_a_filtered_model_run_gives_no_whole_network_total():
+    t = {(x.model, x.impl, x.passes): x for x in totals(_run(), expected={"net": {"layers": 3, "convs": 1}})}
+    assert t["net", "cudnn", "forward"].ms is None
+    assert t["net", "cudnn", "forward"].missing == "only 2 of the model's 3 layers are in this run (filtered)"
+    t = {(x.model, x.impl, x.passes): x for x in totals(_run(), expected={"net": {"layers": 2, "convs": 1}})}
+    assert t["net", "cudnn", "forward+backward"].ms == pytest.approx(9.5)
+
+
+def test_a_model_run_writes_counts_and_the_whole_network_report(tmp_path):
+    from helpers import bench
+
+    out = tmp_path / "r18"
+    proc = bench("run", "--model", "resnet18", "--image-size", "32", "--batch", "2", "--impl", "cudnn",
+                 "--op", "max_pool2d", "--out", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = pd.read_csv(out / "results.csv")
+    assert list(rows[["count", "models"]].itertuples(index=False, name=None)) == [(1, "resnet18:1")]
+    env = __import__("json").loads((out / "env.json").read_text())
+    assert env["models"] == {"resnet18": {"layers": 12, "convs": 11}} and env["suite"].startswith("models resnet18")
+    report = (out / "report.md").read_text()
+    assert "resnet18: whole-network" in report and "only 1 of the model's 12 layers" in report

@@ -33,6 +33,7 @@ from ..measure.counting import count_cases
 from ..measure.env import default_threads, require_device
 from ..measure.impls import select_impls
 from ..measure.measure import Outcome
+from ..measure.models import ZOO, ZOO_SHAPE, model_layers
 from ..measure.peaks import measure as measure_peaks
 from ..measure.peer import Peer, make_farm
 from ..measure.profiler import collect
@@ -100,6 +101,22 @@ class RunOptions:
         if not self.models:
             return self.suite
         return f"models {','.join(self.models)} at {self.image_size}×{self.image_size}, batch {self.batch}"
+
+
+def network_sizes(opts: RunOptions) -> dict | None:
+    """env.json's ``models``: how many distinct conv/pool layers (and convs) each measured network has, so that
+    the report gives whole-network totals only where every layer was measured (bench/runs/network.py)."""
+    if opts.models:
+        names, (size, batch) = opts.models, (opts.image_size, opts.batch)
+    elif opts.suite == "zoo":
+        names, (size, batch) = ZOO, ZOO_SHAPE[opts.device]
+    else:
+        return None
+    out = {}
+    for name in names:
+        layers = model_layers([name], size, batch)
+        out[name] = {"layers": len(layers), "convs": sum(layer.problem.op == "conv2d" for layer in layers)}
+    return out
 
 
 def default_out(device: str) -> Path:
@@ -189,7 +206,8 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
     out = opts.out or default_out(opts.device)
     env = envmod.capture(opts.device, threads, opts.label, suite_hash(cases, timing) + (
         "-instructions" if opts.metric == "instructions" else ""), sys.argv[1:])
-    env.update(shard=list(opts.shard) if opts.shard else None, impls=impls, cases=len(cases),
+    env.update(models=network_sizes(opts), shard=list(opts.shard) if opts.shard else None, impls=impls,
+               cases=len(cases),
                timing=dataclasses.asdict(timing), timeout_s=opts.timeout, seed=opts.seed, metric=opts.metric)
     if not opts.resume and (out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size:
         raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")

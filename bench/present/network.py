@@ -63,11 +63,11 @@ def kind_totals(frame: pd.DataFrame, model: str, passes: str = "forward+backward
     return table[[k for k in KINDS if k in table.columns]]
 
 
-def plot_network(frame: pd.DataFrame, model: str, path: Path) -> bool:
+def plot_network(frame: pd.DataFrame, model: str, path: Path, expected: dict | None = None) -> bool:
     """One horizontal bar per implementation: the model's conv + pool time of one forward + backward (forward only
     when the run has no backward rows), stacked by layer kind; implementations with a layer not measured are named
     with the reason instead of a bar that would understate them."""
-    found = [t for t in totals(frame) if t.model == model]
+    found = [t for t in totals(frame, expected) if t.model == model]
     passes = "forward+backward" if any(t.passes == "forward+backward" for t in found) else "forward"
     found = [t for t in found if t.passes == passes]
     if not found:
@@ -103,10 +103,10 @@ def plot_network(frame: pd.DataFrame, model: str, path: Path) -> bool:
     return True
 
 
-def totals_table(frame: pd.DataFrame, model: str) -> pd.DataFrame:
+def totals_table(frame: pd.DataFrame, model: str, expected: dict | None = None) -> pd.DataFrame:
     """One row per implementation: forward and forward + backward time with ±, and the speed relative to cudnn."""
     rows: dict[str, dict] = {}
-    for t in totals(frame):
+    for t in totals(frame, expected):
         if t.model != model:
             continue
         r = rows.setdefault(t.impl, {"layers (calls)": f"{t.layers} ({t.calls})" if t.passes == "forward" else None})
@@ -117,16 +117,17 @@ def totals_table(frame: pd.DataFrame, model: str) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def network_sections(frame: pd.DataFrame, plots: Path) -> list[tuple[str, object]]:
-    """The report's sections for every model the run's rows belong to (none for a run without model suites)."""
+def network_sections(frame: pd.DataFrame, plots: Path, expected: dict | None = None) -> list[tuple[str, object]]:
+    """The report's sections for every model the run's rows belong to (none for a run without model suites);
+    ``expected``: env.json's ``models`` (how many layers each model has: a filtered run gets no totals)."""
     if "models" not in frame.columns:
         return []
     out: list[tuple[str, object]] = []
     for model in models_in(frame):
         out.append((f"{model}: whole-network conv + pool time per implementation "
-                    "(pools' backward not measured; > 1 × cudnn is faster)", totals_table(frame, model)))
+                    "(pools' backward not measured; > 1 × cudnn is faster)", totals_table(frame, model, expected)))
         png = plots / f"network_{model}.png"
-        if plot_network(frame, model, png):
+        if plot_network(frame, model, png, expected):
             out.append(("", png))
         top = shares(frame, model, CONTROL)
         if not top.empty:

@@ -97,7 +97,7 @@ def build_sections(run_dir: Path) -> tuple[str, list[tuple[str, object]]]:
         sections.append(("Speed relative to the library", summary.round(3)))
         if charts.plot_speedup_summary(summary, plots / "speedup.png"):
             sections.append(("", plots / "speedup.png"))
-    sections += network_sections(frame, plots)  # whole networks first: what a model's user decides on
+    sections += network_sections(frame, plots, env.get("models"))  # whole networks first: what users decide on
     status = frame.pivot_table(index="impl", columns="status", values="op", aggfunc="count", fill_value=0, sort=False)
     sections.append(("Outcomes (rows per status)", status))
     failed = frame[frame["status"].isin(FAILED)]

@@ -73,11 +73,14 @@ def models_in(df: pd.DataFrame) -> list[str]:
     return list(seen)
 
 
-def totals(df: pd.DataFrame) -> list[Total]:
-    """Every (model, implementation, pass) total of a run's rows (``results.csv`` as a DataFrame)."""
+def totals(df: pd.DataFrame, expected: dict | None = None) -> list[Total]:
+    """Every (model, implementation, pass) total of a run's rows (``results.csv`` as a DataFrame). ``expected``:
+    the run's ``env.json`` ``models`` ({model: {"layers": distinct conv and pool layers, "convs": of them convs}}),
+    so that a run filtered to some of a model's layers (--op, --where, --shard) gives no whole-network total."""
     out: list[Total] = []
     for model in models_in(df):
         rows = _layer_rows(df, model)
+        want = (expected or {}).get(model)
         impls = list(dict.fromkeys(rows["impl"]))
         for passes, ops in (("forward", FORWARD_OPS), ("forward+backward", FORWARD_OPS + ("conv2d_backward",))):
             part = rows[rows["op"].isin(ops)]
@@ -85,6 +88,12 @@ def totals(df: pd.DataFrame) -> list[Total]:
                 continue  # the run measured no backward
             found = {impl: _total(model, impl, passes, _with_absent(part[part["impl"] == impl], passes))
                      for impl in impls}
+            if want:
+                n = want["layers"] + (want["convs"] if passes == "forward+backward" else 0)
+                found = {impl: t if t.layers >= n else Total(
+                    model, impl, passes, None, None, t.layers, t.calls,
+                    f"only {t.layers} of the model's {n} layers are in this run (filtered)")
+                    for impl, t in found.items()}
             control = found.get(CONTROL)
             out += [_versus(t, control) for t in found.values()]
     return out
@@ -140,6 +149,6 @@ def shares(df: pd.DataFrame, model: str, impl: str, passes: str = "forward") -> 
     return out.sort_values("ms", ascending=False).reset_index(drop=True)
 
 
-def totals_frame(df: pd.DataFrame) -> pd.DataFrame:
+def totals_frame(df: pd.DataFrame, expected: dict | None = None) -> pd.DataFrame:
     """``totals`` as a table (one row per model, implementation and pass)."""
-    return pd.DataFrame([t.__dict__ for t in totals(df)])
+    return pd.DataFrame([t.__dict__ for t in totals(df, expected)])
