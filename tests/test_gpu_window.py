@@ -95,7 +95,9 @@ def test_a_phase_that_raises_is_recorded_and_the_window_goes_on(tmp_path):
 def test_the_selected_suites_are_the_gpu_cases_in_priority_order():
     names = [r.name for r in gpu.SUITE_RUNS]
     assert names == ["resnet50-bf16-fwd", "pool-large", "train", "resnet50-bf16-bwd", "resnet50-max-autotune",
-                     "resnet50-tf32"], "what the project exists to show first; the forward is trimmed last"
+                     "resnet50-tf32", "zoo"], "what the project exists to show first; the forward is trimmed last"
+    zoo = gpu.SUITE_RUNS[-1].cases()
+    assert {c.op for c in zoo} == {"conv2d", "conv2d_backward", "max_pool2d"} and {c.dtype for c in zoo} == {"bfloat16"}
     fwd = gpu.SUITE_RUNS[0].cases()
     assert len(fwd) == 23 and {c.dtype for c in fwd} == {"bfloat16"} and {c.layout for c in fwd} == {"channels_last"}
     auto = next(r for r in gpu.SUITE_RUNS if r.name == "resnet50-max-autotune")

@@ -235,11 +235,14 @@ def execute(window: Window, phases: list[Phase], log=print, after=lambda window:
 #   7–13 configs, ~1.5 s of samples: ~12 s; backward ~16 s; max-autotune benchmarks Inductor's templates: ~60 s;
 # - pool-large: 205 M-element inputs drawn in float64 on the CPU (~6 s each), three implementations: ~15 s a case;
 # - train: two to five checked steps against a float64 reference on the GPU, an Inductor compile, a CUDA-graph
-#   capture: ~25 s a case.
+#   capture: ~25 s a case;
+# - zoo (optional, last): 286 layers of seven torchvision models at 224², bf16, forward and backward; a case like a
+#   ResNet-50 one, ~12 s.
 PRIORS = {"env": (15.0, 2.5), "checks": (100.0, 0.0), "configs": (10.0, 6.0), "suites-start": (30.0, 0.0),
           "resnet50-bf16-fwd": (5.0, 12.0),
           "pool-large": (5.0, 15.0), "train": (5.0, 25.0), "resnet50-bf16-bwd": (5.0, 16.0),
-          "resnet50-max-autotune": (5.0, 60.0), "resnet50-tf32": (5.0, 10.0), "report": (30.0, 0.0)}
+          "resnet50-max-autotune": (5.0, 60.0), "resnet50-tf32": (5.0, 10.0), "zoo": (5.0, 12.0),
+          "report": (30.0, 0.0)}
 # Measured on a 2-vCPU VM (bench gpu --rehearse), for the rehearsal's CPU stand-ins.
 REHEARSAL_PRIORS = {"env": (6.0, 2.0), "checks": (25.0, 0.0), "configs": (6.0, 2.0), "suites-start": (11.0, 0.0),
                     "smoke-fwd": (3.0, 2.0),
@@ -299,6 +302,8 @@ SUITE_RUNS = [
     SuiteRun("resnet50-max-autotune", "resnet50", ("cudnn", "compile-max-autotune"), ("conv2d",), ("bfloat16",),
              ("channels_last",), (("kernel_h", ("3",)), ("stride", ("1",))), compile_modes=("max-autotune",)),
     SuiteRun("resnet50-tf32", "resnet50", ("triton", "cudnn"), ("conv2d",), ("tf32",), ("nchw",)),
+    # optional: last, so it gets only what the budget leaves (its report then names the layers not reached)
+    SuiteRun("zoo", "zoo", ("triton", "cudnn", "compile")),
 ]
 
 # The rehearsal's stand-ins: the smoke suite on the CPU (Triton checked under its interpreter, not timed).

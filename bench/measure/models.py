@@ -21,13 +21,13 @@ from torch.overrides import TorchFunctionMode
 
 from reference import ConvProblem, PoolProblem, avg_pool2d_problem, conv2d_problem, max_pool2d_problem
 
-#: the models of the ``zoo`` suite: together they hold every layer kind the suites care about — plain dense 3×3 and
-#: 1×1 convs and a 7×7 stride-2 stem with a padded 3×3 max pool (resnet18), depthwise 3×3/5×5 with channel
-#: multipliers and squeeze-excite (mobilenet_v3_small), grouped 3×3 (resnext50_32x4d), 7×7 depthwise and a 4×4
-#: stride-4 patchify stem (convnext_tiny), ceil-mode max pools and 1×1 fire modules (squeezenet1_1), ceil-mode and
-#: padded pools with 5×5/1×1 branches (googlenet), dilated 3×3 convs with dilation 2–12 (deeplabv3_mobilenet_v3_large)
-ZOO = ("resnet18", "mobilenet_v3_small", "resnext50_32x4d", "convnext_tiny", "squeezenet1_1", "googlenet",
-       "deeplabv3_mobilenet_v3_large")
+#: the models of the ``zoo`` suite: together they hold every layer kind the suites care about — dense 3×3 and 1×1
+#: convs, a 7×7 stride-2 stem and a padded 3×3 max pool (resnet18), depthwise 3×3 and 5×5 with squeeze-excite 1×1s
+#: (mobilenet_v3_small), 7×7 depthwise and a 4×4 stride-4 patchify stem (convnext_tiny), depthwise 3×3 between
+#: channel splits (shufflenet_v2_x0_5), grouped 3×3 (regnet_x_400mf), ceil-mode max pools and 1×1/3×3 fire modules
+#: (squeezenet1_1), dilated 3×3 convs (fcn_resnet50) — in 143 distinct layers at 64×64
+ZOO = ("resnet18", "mobilenet_v3_small", "convnext_tiny", "shufflenet_v2_x0_5", "regnet_x_400mf", "squeezenet1_1",
+       "fcn_resnet50")
 #: image size and batch of the zoo suite on each device (the CPU's keeps the suite within the quick budget)
 ZOO_SHAPE = {"cpu": (64, 2), "cuda": (224, 32)}
 

@@ -111,10 +111,14 @@ def totals_table(frame: pd.DataFrame, model: str, expected: dict | None = None) 
             continue
         r = rows.setdefault(t.impl, {"layers (calls)": f"{t.layers} ({t.calls})" if t.passes == "forward" else None})
         name = "fwd" if t.passes == "forward" else "fwd+bwd"
-        r[f"{name} ms"] = f"{t.ms:.3g} ± {t.halfwidth_ms:.2g}" if t.ms is not None else t.missing
-        r[f"{name} ×{CONTROL}"] = (f"{t.vs_control:.2f} ± {t.vs_control_halfwidth:.2f}"
+        r[f"{name} ms"] = f"{t.ms:.3g} ± {t.halfwidth_ms:.1g}" if t.ms is not None else _short(t.missing)
+        r[f"{name} ×{CONTROL}"] = (f"{t.vs_control:.2f} ± {t.vs_control_halfwidth:.1g}"
                                    if t.vs_control is not None else "")
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _short(missing: str, width: int = 70) -> str:
+    return missing if len(missing) <= width else missing[:width - 1] + "…"
 
 
 def network_sections(frame: pd.DataFrame, plots: Path, expected: dict | None = None) -> list[tuple[str, object]]:
