@@ -10,6 +10,7 @@ def add_parser(sub) -> None:
     ls = sub.add_parser("list", help="implementations and their availability, suites and their case counts")
     ls.add_argument("--suite", choices=sorted(SUITE_NAMES), help="also list that suite's cases")
     ls.add_argument("--device", default="cpu", choices=DEVICES)
+    ls.add_argument("--models", action="store_true", help="also list the torchvision models run --model takes")
 
 
 def main(args) -> int:
@@ -28,4 +29,9 @@ def main(args) -> int:
     if args.suite:
         for case in SUITES[args.suite].cases(args.device):
             print(f"    {case.key}")
+    if args.models:
+        from ..measure.models import model_names  # torchvision: only when asked
+
+        print("models (run --model NAME[,NAME…]):")
+        print("  " + " ".join(model_names()))
     return 0

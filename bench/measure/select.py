@@ -69,8 +69,9 @@ def model_selection(opts: Selection) -> list:
     dtypes = opts.dtypes or (["bfloat16"] if opts.device == "cuda" else ["float32"])
     layouts = opts.layouts or (["channels_last"] if opts.device == "cuda" else ["nchw"])
     try:
+        train = not opts.ops or "train_step" in opts.ops  # a step the user filtered out is never built
         return sweeps.model_cases(names, opts.image_size, opts.batch, opts.device, dtypes, layouts,
-                                  train_batch=opts.batch)
+                                  train_batch=opts.batch if train else None)
     except ValueError as exc:  # a model that cannot run at this size (its own message names the model)
         raise UsageError(f"--model at --image-size {opts.image_size}, --batch {opts.batch}: {exc}") from None
 
