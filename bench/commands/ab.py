@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..measure.callgrind import require_counts
 from ..measure.select import Selection, parse_shard, parse_where, select_cases
 from ..measure.suites import SUITES
 from ..runs.compare import json_rows, markdown, print_table
@@ -160,7 +159,7 @@ def _label(case) -> str:
 def main(args) -> int:
     """Validate everything (nothing is created on bad usage), then measure; the contract's exit codes."""
     # torch: loaded when the command runs (the CLI imports this module to build its parser)
-    from ..measure.env import default_threads, require_device
+    from ..measure.env import default_threads, require_counts, require_device
     from ..measure.impls import select_impls
     from ..measure.paired import ABRun, ABTiming
 

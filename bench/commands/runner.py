@@ -30,7 +30,7 @@ from ..measure import callgrind
 from ..measure import env as envmod
 from ..measure.cases import Case
 from ..measure.counting import count_cases
-from ..measure.env import default_threads, require_device
+from ..measure.env import default_threads, require_counts, require_device
 from ..measure.impls import select_impls
 from ..measure.measure import Outcome
 from ..measure.models import ZOO, ZOO_SHAPE, model_layers
@@ -199,7 +199,7 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
     if opts.max_seconds:
         timing = dataclasses.replace(timing, max_seconds=opts.max_seconds)
     if opts.metric == "instructions":
-        callgrind.require_counts(opts.device)
+        require_counts(opts.device)
         if opts.threads not in (None, 1):
             raise UsageError("--metric instructions runs one thread (valgrind serialises threads); drop --threads")
     threads = 1 if opts.metric == "instructions" else opts.threads or default_threads()

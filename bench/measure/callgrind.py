@@ -41,8 +41,6 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..runs.schema import UsageError
-
 HEADER = Path("/usr/include/valgrind/callgrind.h")
 SOURCE = """#include <valgrind/callgrind.h>
 void cg_begin(void) { CALLGRIND_START_INSTRUMENTATION; CALLGRIND_TOGGLE_COLLECT; }
@@ -69,13 +67,6 @@ def unavailable_reason() -> str | None:
     if shutil.which("valgrind") is None:
         return "valgrind is not installed (Debian: apt-get install valgrind)"
     return None
-
-
-def require_counts(device: str) -> None:
-    """The one check of ``--metric instructions`` every command makes: UsageError (exit 2) when it cannot run here."""
-    why = unavailable_reason() or (None if device == "cpu" else "counts CPU instructions: use --device cpu")
-    if why:
-        raise UsageError(f"--metric instructions: {why}")
 
 
 def command(out_dir: Path) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..runs.schema import FINGERPRINT_KEYS, UsageError, fingerprint, utc_now  # noqa: F401 — re-exported
+from . import callgrind
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +35,13 @@ def require_device(device: str) -> None:
         raise UsageError(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not cuda_available():
         raise UsageError("--device cuda: no CUDA device is available on this machine")
+
+
+def require_counts(device: str) -> None:
+    """The one check of ``--metric instructions`` every command makes: UsageError (exit 2) when it cannot run here."""
+    why = callgrind.unavailable_reason() or (None if device == "cpu" else "counts CPU instructions: use --device cpu")
+    if why:
+        raise UsageError(f"--metric instructions: {why}")
 
 
 def default_threads() -> int:
