@@ -2,7 +2,8 @@
 ``bench ab`` (``python tests/slowdown.py DEST IMPL FRACTION [spin|work]``, then ``bench ab HEAD DEST``).
 
 The copy of ``kernels/`` and ``reference/`` gets a few lines appended to ``kernels/<IMPL>.py`` that wrap the
-registered object's conv2d / max_pool2d / avg_pool2d.
+registered object's conv2d / max_pool2d / avg_pool2d and the calls its ``bind`` returns (what the bench times for a
+forward op).
 
 ``spin`` (for time): after each forward call it spins for FRACTION of that call's own time, and in the backward an
 identity autograd node on the inputs spins for FRACTION of the time since the backward reached the output (a hook
@@ -102,6 +103,27 @@ def _slow_down(impl, fraction):
 
     for name in ("conv2d", "max_pool2d", "avg_pool2d"):
         setattr(impl, name, (wrap if @MODE@ == "spin" else repeat)(getattr(impl, name)))
+
+    bind = impl.bind  # what the bench times for a forward op: the bound call (Implementation.bind)
+
+    def slowed_bind(op, *args, **kwargs):
+        call = bind(op, *args, **kwargs)
+        every, calls = max(1, round(1 / fraction)), [0]
+
+        def slowed():
+            if @MODE@ == "spin":
+                t0 = _time.perf_counter()
+                out = call()
+                spin(fraction * (_time.perf_counter() - t0))
+                return out
+            calls[0] += 1
+            out = call()
+            if calls[0] % every == 0:  # the call's work once more
+                call()
+            return out
+        return slowed
+
+    impl.bind = slowed_bind
 
 
 _slow_down(__import__("kernels")._REGISTRY[@CLASS@.name], @FRACTION@)
