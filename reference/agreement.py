@@ -219,6 +219,21 @@ def update_check(delta: torch.Tensor, expected: torch.Tensor, stored: torch.Tens
     return Check(diff.max().item(), rel.max().item(), not detail, detail)
 
 
+def checked_gradients(params: dict, names, ref_grads, dtype, ref_device, k: int, who: str) -> tuple[list, list]:
+    """Step ``k``'s gradient of every parameter (``params[name].grad``) against the reference's, under the dtype's
+    tolerance: (the gradients in float64 on ``ref_device``, for the written-out update; their checks, labelled)."""
+    grads, checks = [], []
+    for pname, ref_grad in zip(names, ref_grads):
+        g = params[pname].grad
+        if g is None:
+            raise RuntimeError(f"{who}: the step left no gradient in {pname}.grad; 'wrap' must keep the step's "
+                               f"gradients there")
+        grads.append(g.detach().to(ref_device, torch.float64))
+        c = check(g, ref_grad, dtype)
+        checks.append(c if c.ok else dataclasses.replace(c, detail=f"step {k}, grad of {pname}: {c.detail}"))
+    return grads, checks
+
+
 def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, batch: int = 8,
                     dtype: torch.dtype | str = torch.float32, device="cpu", seed: int = 0,
                     wrap: Callable | None = None, layout: str = "nchw",
@@ -283,15 +298,9 @@ def train_agreement(ops, model_name: str, optimizer_name: str, steps: int = 5, b
         loss = step(x, y)
         losses.append(loss.detach().to("cpu", torch.float64))
         ref_losses.append(ref_loss.to("cpu"))
-        grads = []
-        for pname, ref_grad in zip(reference.names, ref_grads):
-            g = params[pname].grad
-            if g is None:
-                raise RuntimeError(f"train_agreement: the step left no gradient in {pname}.grad; 'wrap' must keep "
-                                   f"the step's gradients there")
-            grads.append(g.detach().to(ref_device, torch.float64))
-            c = check(g, ref_grad, problem.dtype)
-            grad_checks.append(c if c.ok else dataclasses.replace(c, detail=f"step {k}, grad of {pname}: {c.detail}"))
+        grads, checks = checked_gradients(params, reference.names, ref_grads, problem.dtype, ref_device, k,
+                                          "train_agreement")
+        grad_checks += checks
         reference.optimizer.step(grads)  # the written-out update from the implementation's gradient and state
         for pname, expected in reference.parameters().items():
             stored = params[pname].detach().to(ref_device, torch.float64)

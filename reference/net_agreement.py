@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
-from .agreement import plain_train_step, update_check
+from .agreement import checked_gradients, plain_train_step, update_check
 from .data import cross_entropy
 from .net_problem import NetTrainProblem
 from .optim import ReferenceOptimizer, make_optimizer, optimizer_spec
@@ -298,14 +298,9 @@ def net_train_agreement(ops, problem: NetTrainProblem, steps: int = 3, device="c
         loss = step(x, y)
         losses.append(loss.detach().to("cpu", torch.float64))
         ref_losses.append(ref_loss.to("cpu"))
-        grads = []
-        for pname, ref_grad in zip(reference.names, ref_grads):
-            g = params[pname].grad
-            if g is None:
-                raise RuntimeError(f"net_train_agreement: the step left no gradient in {pname}.grad; 'wrap' must "
-                                   f"keep the step's gradients there")
-            grads.append(g.detach().to(ref_device, torch.float64))
-            grad_checks.append(_labelled(check(g, ref_grad, dt), f"step {k}, grad of {pname}"))
+        grads, checks = checked_gradients(params, reference.names, ref_grads, dt, ref_device, k,
+                                          "net_train_agreement")
+        grad_checks += checks
         reference.optimizer.step(grads)  # the written-out update from the implementation's gradient and state
         for pname, expected in reference.parameters().items():
             stored = params[pname].detach().to(ref_device, torch.float64)

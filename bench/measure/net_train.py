@@ -10,7 +10,7 @@ from collections.abc import Callable
 from reference.net_agreement import net_train_agreement
 
 from .cases import Case
-from .train import FirstCallTimer
+from .train import TrainCall
 
 NET_CHECK_STEPS = 3  # steps checked against the float64 reference before timing …
 NET_CHECK_STEPS_LARGE = 2  # … and above this many images per step, fewer
@@ -25,35 +25,16 @@ def net_check_steps(batch: int) -> int:
     return NET_CHECK_STEPS if batch <= NET_CHECK_LARGE_BATCH else NET_CHECK_STEPS_LARGE
 
 
-class NetTrainCall:
-    """The implementation's (wrapped) step of ``case.problem`` (a NetTrainProblem), already checked for
-    ``net_check_steps(batch)`` steps against the float64 reference (``reference.net_agreement``); calling it runs
-    one more full step — zero_grad(set_to_none), forward, cross-entropy, backward, optimizer.step() — on the first
-    batch. ``first_step_s``: wall time of the first step call, the first checked one (compilation / graph capture
-    included). ``phase(stage)`` is told "validate step k/n" before each checked step (a watchdog phase each)."""
+class NetTrainCall(TrainCall):
+    """``TrainCall`` for a ``reference.NetTrainProblem``: the implementation's (wrapped) step of a torchvision
+    network, checked for ``net_check_steps(batch)`` steps against the float64 reference
+    (``reference.net_agreement``) before it is timed; same hooks, same ``first_step_s`` and phases."""
 
-    def __init__(self, impl, case: Case, seed: int, phase: Callable[[str], None] | None = None) -> None:
-        p = case.problem
-        timer: FirstCallTimer | None = None
-        self.steps = steps = net_check_steps(p.batch)
+    check_steps = staticmethod(net_check_steps)
 
-        def wrap(step, model, optimizer):
-            nonlocal timer
-            timer = FirstCallTimer(impl.wrap_train_step(step, model, optimizer, case.device))
-            return timer
-
-        def on_step(k: int) -> None:
-            if phase is not None:
-                phase(f"validate step {k + 1}/{steps}")
-
-        self.agreement = net_train_agreement(
-            impl.train_ops(), p, steps=steps, device=case.device, seed=seed, wrap=wrap,
-            optimizer_options=impl.optimizer_options(case.device), on_step=on_step)
-        self.step, (self.x, self.y) = timer.step, self.agreement.batch  # the checked step, without the timer
-        self.first_step_s = timer.first_s
-
-    def __call__(self):
-        return self.step(self.x, self.y)
+    def agree(self, impl, case: Case, seed: int, steps: int, wrap, on_step):
+        return net_train_agreement(impl.train_ops(), case.problem, steps=steps, device=case.device, seed=seed,
+                                   wrap=wrap, optimizer_options=impl.optimizer_options(case.device), on_step=on_step)
 
 
 def net_train_call(impl, case: Case, seed: int, phase: Callable[[str], None] | None = None):

@@ -80,10 +80,13 @@ class TrainCall:
     first checked one (compilation / graph capture included). ``phase(stage)`` is told "validate step k/n" before
     each checked step, so each is a watchdog phase of its own (the worker's per-phase deadline)."""
 
+    #: how many steps of a batch are checked before timing
+    check_steps = staticmethod(train_check_steps)
+
     def __init__(self, impl, case: Case, seed: int, phase: Callable[[str], None] | None = None) -> None:
         p = case.problem
         timer: FirstCallTimer | None = None
-        self.steps = steps = train_check_steps(p.batch)
+        self.steps = steps = self.check_steps(p.batch)
 
         def wrap(step, model, optimizer):
             nonlocal timer
@@ -94,12 +97,17 @@ class TrainCall:
             if phase is not None:
                 phase(f"validate step {k + 1}/{steps}")
 
-        self.agreement = train_agreement(
+        self.agreement = self.agree(impl, case, seed, steps, wrap, on_step)
+        self.step, (self.x, self.y) = timer.step, self.agreement.batch  # the checked step, without the timer
+        self.first_step_s = timer.first_s
+
+    def agree(self, impl, case: Case, seed: int, steps: int, wrap, on_step):
+        """The checked steps: SimpleCNN's / BasicCNN's against reference.agreement."""
+        p = case.problem
+        return train_agreement(
             impl.train_ops(), p.model, p.optimizer, steps=steps, batch=p.batch, dtype=p.dtype,
             device=case.device, seed=seed, layout=p.layout, optimizer_options=impl.optimizer_options(case.device),
             wrap=wrap, on_step=on_step)
-        self.step, (self.x, self.y) = timer.step, self.agreement.batch  # the checked step, without the timer
-        self.first_step_s = timer.first_s
 
     def __call__(self):
         return self.step(self.x, self.y)
