@@ -212,3 +212,24 @@ def test_pools_accept_exactly_what_torch_accepts(N, C, H, W, kernel, stride, pad
         for impl in ["oracle", "naive", "im2col"]:
             fn = ORACLE[name] if impl == "oracle" else getattr(kernels.get(impl), name)
             torch.testing.assert_close(fn(x, **args), expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("argv", [["run", "--suite", "smoke", "--out"], ["ab", "HEAD", "HEAD", "--out"],
+                                  ["profile", "--out"], ["gpu", "--dry-run", "--out"], ["history", "plot", "--out"]])
+def test_an_out_that_names_an_existing_file_is_refused_with_exit_2(tmp_path, capsys, argv):
+    from bench import cli
+
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, str(target)])
+    assert exc.value.code == 2 and "is an existing file, not a directory" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("shape", ["N=0,C=4,H=8,W=8", "N=2,C=4,H=0,W=8"])
+def test_a_zero_size_shape_has_nothing_to_profile_and_exits_2(tmp_path, capsys, shape):
+    from bench import cli
+
+    assert cli.main(["profile", "--shape", shape, "--impl", "cudnn", "--out", str(tmp_path / "p")]) == 2
+    assert "zero-size problem" in capsys.readouterr().err and not (tmp_path / "p").exists()

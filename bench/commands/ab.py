@@ -48,7 +48,7 @@ from ..measure.select import Selection, parse_shard, parse_where, select_cases
 from ..measure.suites import SUITES
 from ..runs.compare import json_rows, markdown, print_table
 from ..runs.schema import FAILED, UsageError, atomic_write, case_label
-from .options import filters, positive
+from .options import filters, out_dir, positive
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_THRESHOLD = {"time": 0.05, "instructions": 0.01}
@@ -325,5 +325,5 @@ def add_parser(sub) -> None:
                         "broken case fails)")
     a.add_argument("--json", type=Path, metavar="FILE", help="write the verdict rows as JSON")
     a.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (e.g. for a CI job)")
-    a.add_argument("--out", type=Path, metavar="DIR", help="directory for ab.csv/json/md (with raw samples), "
+    a.add_argument("--out", type=out_dir(), metavar="DIR", help="directory for ab.csv/json/md (with raw samples), "
                                                            "ab-env.json and callgrind dumps")

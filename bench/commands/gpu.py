@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .options import out_dir
+
 #: the first line of the window's description (bench/commands/gpu_window.py)
 DESCRIPTION = ("``bench gpu``: the whole GPU window in one prepared command, bounded, trimmed to a budget, returned as "
                "one archive.")
@@ -14,7 +16,7 @@ def add_parser(sub) -> None:
                                    "what the plan launches precompiled, config checks, suites, report — within "
                                    "--budget, returned as one archive",
                        description=DESCRIPTION)
-    g.add_argument("--out", type=Path, help="output directory (default results/gpu/<device>-<date>)")
+    g.add_argument("--out", type=out_dir(), help="output directory (default results/gpu/<device>-<date>)")
     g.add_argument("--budget", type=float, default=480.0, metavar="S",
                    help="wall-clock seconds the whole window may take (default 480)")
     g.add_argument("--pack", type=Path, metavar="FILE.tar.gz",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..runs.history import DEFAULT_DB, HistoryError, add, show
+from .options import out_dir
 
 
 def add_parser(sub) -> None:
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
             hp.add_argument("--impl", help="only this implementation")
             hp.add_argument("--metric", default="time", choices=["time", "instructions"])
         if name == "plot":
-            hp.add_argument("--out", type=Path, default=Path("results/history-plots"))
+            hp.add_argument("--out", type=out_dir(), default=Path("results/history-plots"))
 
 
 def main(args) -> int:

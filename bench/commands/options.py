@@ -4,6 +4,7 @@ and the case and implementation filters of ``run`` and ``ab``."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..measure.select import COMPILE_MODES
 from ..measure.suites import SUITE_NAMES
@@ -47,6 +48,17 @@ def filters(p, default_suite: str) -> None:
                         "are never compared)")
     p.add_argument("--seed", type=count("--seed", 0), default=0, help="input data seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")
+
+
+def out_dir(flag: str = "--out"):
+    """An argparse type: a directory to write into — refused (exit 2, before anything is created) when it names an
+    existing file."""
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{flag} {text} is an existing file, not a directory")
+        return path
+    return parse
 
 
 def model_list(text: str) -> tuple[str, ...]:

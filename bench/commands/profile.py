@@ -11,7 +11,7 @@ from ..measure.select import Selection, parse_where, select_cases
 from ..measure.suites import QUICK_TIMING, SUITE_NAMES, SUITES
 from ..present.profile_tables import write_profile
 from ..runs.schema import CASE_OPS, CATEGORIES, UsageError
-from .options import DEVICES, DTYPES, LAYOUTS, count
+from .options import DEVICES, DTYPES, LAYOUTS, count, out_dir
 
 
 def add_parser(sub) -> None:
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     pr.add_argument("--steps", type=count("--steps"), help="profiled calls per case and implementation (default: "
                                                             "about 100 ms of calls, 3 to 50)")
     pr.add_argument("--threads", type=count("--threads"))
-    pr.add_argument("--out", type=Path, help="directory for profile.md/csv, breakdown.csv and traces/ (default "
+    pr.add_argument("--out", type=out_dir(), help="directory for profile.md/csv, breakdown.csv and traces/ (default "
                                              "results/runs/profile-<utc-time>)")
 
 

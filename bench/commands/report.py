@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .options import out_dir
+
 
 def add_parser(sub) -> None:
     r = sub.add_parser("report", help="write report.md, report.html and plots/*.png for run directories")
     r.add_argument("dir", type=Path, nargs="+", help="run directories; several also get a side-by-side report")
-    r.add_argument("--out", type=Path, help="where the side-by-side report of several runs goes "
-                                            "(default results/runs/report-<names>)")
+    r.add_argument("--out", type=out_dir(), help="where the side-by-side report of several runs goes "
+                                                 "(default results/runs/report-<names>)")
 
 
 def main(args) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..measure.select import parse_shard, parse_where
 from ..runs.schema import UsageError
-from .options import count, filters, positive
+from .options import count, filters, out_dir, positive
 
 
 def add_parser(sub) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--metric", default="time", choices=["time", "instructions"],
                    help="time (default), or instructions: Callgrind counts per call, the whole suite in one "
                         "valgrind process (CPU; needs valgrind)")
-    p.add_argument("--out", type=Path, help="run directory (default: results/runs/<utc-time>-<host>-<device>/)")
+    p.add_argument("--out", type=out_dir(), help="run directory (default: results/runs/<utc-time>-<host>-<device>/)")
     p.add_argument("--no-report", action="store_true",
                    help="do not write report.md, report.html and plots/ at the end (bench report DIR does)")
     p.add_argument("--warm-cache", action="store_true",

@@ -44,6 +44,10 @@ def parse_shape(text: str, ops: list[str], dtypes: list[str], layouts: list[str]
             return tuple(parts)
         raise UsageError(f"--shape {k}={v!r}: expects an integer" + (" or HxW" if k in PAIRS else ""))
 
+    empty = [k for k in ("N", "C", "H", "W") if isinstance(num(k), int) and num(k) < 1]
+    if empty:
+        raise UsageError(f"--shape {text}: {', '.join(empty)} must be at least 1 (a zero-size problem has no work "
+                         f"to time)")
     cases = []
     for op in ops:
         for dtype in dtypes:
