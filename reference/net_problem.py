@@ -16,7 +16,7 @@ from torch import nn
 
 from .optim import OPTIMIZERS
 from .problems import DTYPES, ConvProblem, PoolProblem
-from .routed import Trace, refuse_unrouted, route, routed, trace
+from .routed import Trace, on_meta, refuse_unrouted, route, routed, trace
 
 #: float64 / float32 / tf32 (float32 storage, the caller enables TF32 math). No bfloat16: mixed precision would need
 #: autocast-style casts around every torch op of the network, not only around the routed conv/pool layers.
@@ -55,14 +55,9 @@ def _without_randomness(model: nn.Module) -> nn.Module:
 
 @functools.lru_cache(maxsize=64)
 def _trace(model: str, batch: int, image_size: int, classes: int) -> tuple[Trace, int]:
-    """The train-mode forward's trace of ``model`` on meta tensors and its parameter count; built on the meta
-    device (no memory, no init), or on the CPU for builders that compute with real tensors (RegNet's widths)."""
-    try:
-        with torch.device("meta"):
-            net = _construct(model, classes)
-    except NotImplementedError:
-        net = _construct(model, classes)
-    net = route(_without_randomness(net).train(), F)
+    """The train-mode forward's trace of ``model`` on meta tensors and its parameter count (built by
+    ``reference.routed.on_meta``: no memory, no init)."""
+    net = route(_without_randomness(on_meta(lambda: _construct(model, classes))).train(), F)
     return trace(net, (batch, 3, image_size, image_size)), sum(p.numel() for p in net.parameters())
 
 

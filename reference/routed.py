@@ -16,7 +16,7 @@ and ``routed`` refuses such a model.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -195,6 +195,38 @@ def _module_paths(model: nn.Module) -> Iterator[list[str]]:
     finally:
         pre.remove()
         post.remove()
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter and buffer a module registers inside the block is moved to the meta device as it registers."""
+    register, buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter_on_meta(self, name, param):
+        if param is not None:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        return register(self, name, param)
+
+    def buffer_on_meta(self, name, tensor, persistent=True):
+        return buffer(self, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter_on_meta, buffer_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register, buffer
+
+
+def on_meta(construct: Callable[[], nn.Module]) -> nn.Module:
+    """``construct()`` with every parameter and buffer on the meta device — no memory, no initialisation — to trace
+    it: under ``torch.device("meta")``, or, for builders that compute with real tensors and so cannot run there
+    (RegNet's widths), on the CPU with each parameter and buffer moved to meta as it registers."""
+    try:
+        with torch.device("meta"):
+            return construct()
+    except NotImplementedError:
+        with _parameters_on_meta():
+            return construct()
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...] = DEFAULT_INPUT) -> Trace:

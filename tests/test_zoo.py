@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bench.measure.models import ZOO, Layer, check_models, model_calls, model_layers, model_names
-from bench.runs.network import parse_models, shares, totals, totals_frame
+from bench.runs.network import shares, totals, totals_frame
+from bench.runs.schema import parse_models
 
 
 def _module_counts(name: str) -> dict[str, int]:
@@ -75,6 +76,7 @@ def test_extraction_uses_meta_tensors_only(monkeypatch):
     built = []
     real = models._build
     monkeypatch.setattr(models, "_build", lambda name: built.append(real(name)) or built[-1])
+    models.model_calls.cache_clear()  # the models are built again here, not read from an earlier test's trace
     model_calls("regnet_x_400mf", 64, 1)  # a builder that computes with real tensors: parameters still on meta
     model_calls("resnet18", 64, 1)
     assert all(p.is_meta for m in built for p in m.parameters())

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from reference import ConvProblem, NetTrainProblem, PoolProblem
 
-from ..runs.schema import CASE_OPS
+from ..runs.schema import CASE_OPS, parse_models
 
 
 def pair_text(v) -> str:
@@ -33,7 +33,7 @@ class Case:
     @property
     def count(self) -> int | None:
         """How many times the networks it belongs to make this call (a model layer), else None."""
-        return sum(int(part.rpartition(":")[2]) for part in self.models.split(";")) if self.models else None
+        return sum(parse_models(self.models).values()) if self.models else None
 
     def __post_init__(self) -> None:
         if self.op not in CASE_OPS:

@@ -1,25 +1,26 @@
 """Real networks as suites: the distinct conv and pool layers of torchvision models, read off the models themselves.
 
-A model is built on the meta device (``weights=None``: no weights, no download, no memory) and run once on a meta
-input of the requested batch and image size under a ``TorchFunctionMode`` that records every ``F.conv2d``,
-``F.max_pool2d`` and ``F.avg_pool2d`` call — the calls of ``nn.Conv2d``/``nn.MaxPool2d``/``nn.AvgPool2d`` modules and
-the functional calls inside ``forward`` alike (Inception's pools are functional) — with the module it was made in.
-Each call is described by ``reference``'s own argument checks (``conv2d_problem``, …), so a layer is exactly the
-problem the bench times. Identical calls are one layer with a count: ResNet-18's 3×3 64→64 conv at 56×56 occurs 4
-times, and its whole-network time is 4 × its median.
+A model is built on the meta device (``weights=None``: no weights, no download, no memory) and run once on a meta input
+of the requested batch and image size by ``reference.routed.trace`` — the tracer the routed training step checks itself
+with — which records every ``F.conv2d``, ``F.max_pool2d`` and ``F.avg_pool2d`` call, the calls of
+``nn.Conv2d``/``nn.MaxPool2d``/``nn.AvgPool2d`` modules and the functional calls inside ``forward`` alike (Inception's
+pools are functional), with the module it was made in. Each call is described by ``reference``'s own argument checks
+(``conv2d_problem``, …), so a layer is exactly the problem the bench times. Identical calls are one layer with a count:
+ResNet-18's 3×3 64→64 conv at 56×56 occurs 4 times, and its whole-network time is 4 × its median.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-from reference import ConvProblem, PoolProblem, avg_pool2d_problem, conv2d_problem, max_pool2d_problem
+from reference import ConvProblem, PoolProblem
+from reference.routed import on_meta, trace
+
+from ..runs.schema import models_text
 
 #: the models of the ``zoo`` suite: together they hold every layer kind the suites care about — dense 3×3 and 1×1
 #: convs, a 7×7 stride-2 stem and a padded 3×3 max pool (resnet18), depthwise 3×3 and 5×5 with squeeze-excite 1×1s
@@ -47,7 +48,7 @@ class Layer:
 
     def models_text(self) -> str:
         """``resnet18:4;convnext_tiny:1`` — the results row's ``models`` column."""
-        return ";".join(f"{m}:{n}" for m, n in self.counts.items())
+        return models_text(self.counts)
 
 
 def model_names() -> list[str]:
@@ -70,50 +71,6 @@ def check_models(names: list[str]) -> list[str]:
     return names
 
 
-class _Recorder(TorchFunctionMode):
-    """Records the conv and pool calls made inside it, with the module path each was made in."""
-
-    def __init__(self, where: list[str]) -> None:
-        super().__init__()
-        self.where = where
-        self.calls: list[tuple[ConvProblem | PoolProblem, str]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        problem = None
-        if func in (F.conv2d, torch.conv2d):
-            problem = conv2d_problem(*args, **kwargs)
-        elif func in (F.max_pool2d, torch.max_pool2d, F.max_pool2d_with_indices, torch.nn.functional._max_pool2d):
-            problem = max_pool2d_problem(*args, **kwargs)
-        elif func in (F.avg_pool2d, torch._C._nn.avg_pool2d):
-            problem = avg_pool2d_problem(*args, **kwargs)
-        if problem is not None:
-            self.calls.append((problem, self.where[-1] if self.where else ""))
-        return func(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def _parameters_on_meta():
-    """Every parameter and buffer a module registers is moved to the meta device as it is registered (for builders
-    that compute with real tensors, e.g. RegNet's widths, and so cannot run under ``torch.device("meta")``)."""
-    register = torch.nn.Module.register_parameter
-    buffer = torch.nn.Module.register_buffer
-
-    def on_meta(self, name, param):
-        if param is not None:
-            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        return register(self, name, param)
-
-    def buffer_on_meta(self, name, tensor, persistent=True):
-        return buffer(self, name, None if tensor is None else tensor.to("meta"), persistent)
-
-    torch.nn.Module.register_parameter, torch.nn.Module.register_buffer = on_meta, buffer_on_meta
-    try:
-        yield
-    finally:
-        torch.nn.Module.register_parameter, torch.nn.Module.register_buffer = register, buffer
-
-
 def _build(name: str) -> torch.nn.Module:
     import torchvision.models as tvm
 
@@ -122,33 +79,15 @@ def _build(name: str) -> torch.nn.Module:
         kwargs.update(weights_backbone=None, aux_loss=False)
     with warnings.catch_warnings():  # e.g. googlenet's "init_weights will change" FutureWarning: not the user's run
         warnings.simplefilter("ignore")
-        try:
-            with torch.device("meta"):
-                return tvm.get_model(name, **kwargs)
-        except NotImplementedError:  # the builder computes with tensors: build on the CPU, keep nothing there
-            with _parameters_on_meta():
-                return tvm.get_model(name, **kwargs)
+        return on_meta(lambda: tvm.get_model(name, **kwargs))
 
 
-def model_calls(name: str, image_size: int = 224, batch: int = 1) -> list[tuple[ConvProblem | PoolProblem, str]]:
+@functools.lru_cache(maxsize=64)
+def model_calls(name: str, image_size: int = 224, batch: int = 1) -> tuple[tuple[ConvProblem | PoolProblem, str], ...]:
     """Every conv/pool call of one inference forward of ``name`` (eval mode: no aux heads, no dropout) on a meta
-    batch of ``batch`` images of ``image_size``², in order, with the module path it was made in."""
-    model = _build(name).eval()
-    stack: list[str] = []
-    names = {m: n for n, m in model.named_modules()}
-    pre = torch.nn.modules.module.register_module_forward_pre_hook(
-        lambda m, _: stack.append(names.get(m, type(m).__name__)))
-    def leave(_module, _inputs, _output) -> None:  # returns None: a hook's result would replace the output
-        stack.pop()
-
-    post = torch.nn.modules.module.register_module_forward_hook(leave)
-    try:
-        with torch.no_grad(), _Recorder(stack) as rec:
-            model(torch.empty(batch, 3, image_size, image_size, device="meta"))
-    finally:
-        pre.remove()
-        post.remove()
-    return rec.calls
+    batch of ``batch`` images of ``image_size``², in order, with the module path it was made in
+    (``reference.routed.trace``). Remembered: a run's selection and its env.json ask for the same models."""
+    return trace(_build(name).eval(), (batch, 3, image_size, image_size)).calls
 
 
 def model_layers(names: list[str], image_size: int = 224, batch: int = 1, dtype: str = "float32",

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..runs.network import CONTROL, models_in, parse_models, shares, totals  # noqa: E402
+from ..runs.network import CONTROL, PASSES, Total, layer_rows, models_in, shares, totals  # noqa: E402
 from .charts import colour  # noqa: E402
 
 #: layer kinds in the order the chart stacks them
@@ -52,22 +52,19 @@ def layer_kind(row) -> str:
 
 def kind_totals(frame: pd.DataFrame, model: str, passes: str = "forward+backward") -> pd.DataFrame:
     """impl × kind: Σ count × median (ms) of the model's rows measured ok."""
-    rows = frame[frame["models"].map(lambda t: model in parse_models(t)) & (frame["status"] == "ok")].copy()
-    if passes == "forward":
-        rows = rows[rows["op"] != "conv2d_backward"]
+    rows = layer_rows(frame, model)
+    rows = rows[(rows["status"] == "ok") & rows["op"].isin(PASSES[passes])]
     if rows.empty:
         return pd.DataFrame()
-    rows["kind"] = rows.apply(layer_kind, axis=1)
-    rows["ms"] = rows["models"].map(lambda t: parse_models(t)[model]) * rows["median_ms"].astype(float)
+    rows = rows.assign(kind=rows.apply(layer_kind, axis=1), ms=rows["count_in_model"] * rows["median_ms"].astype(float))
     table = rows.pivot_table(index="impl", columns="kind", values="ms", aggfunc="sum", fill_value=0.0, sort=False)
     return table[[k for k in KINDS if k in table.columns]]
 
 
-def plot_network(frame: pd.DataFrame, model: str, path: Path, expected: dict | None = None) -> bool:
+def plot_network(frame: pd.DataFrame, model: str, found: list[Total], path: Path) -> bool:
     """One horizontal bar per implementation: the model's conv + pool time of one forward + backward (forward only
     when the run has no backward rows), stacked by layer kind; implementations with a layer not measured are named
-    with the reason instead of a bar that would understate them."""
-    found = [t for t in totals(frame, expected) if t.model == model]
+    with the reason instead of a bar that would understate them. ``found``: the model's ``totals``."""
     passes = "forward+backward" if any(t.passes == "forward+backward" for t in found) else "forward"
     found = [t for t in found if t.passes == passes]
     if not found:
@@ -103,12 +100,11 @@ def plot_network(frame: pd.DataFrame, model: str, path: Path, expected: dict | N
     return True
 
 
-def totals_table(frame: pd.DataFrame, model: str, expected: dict | None = None) -> pd.DataFrame:
-    """One row per implementation: forward and forward + backward time with ±, and the speed relative to cudnn."""
+def totals_table(found: list[Total]) -> pd.DataFrame:
+    """One row per implementation of one model's ``totals``: forward and forward + backward time with ±, and the
+    speed relative to cudnn."""
     rows: dict[str, dict] = {}
-    for t in totals(frame, expected):
-        if t.model != model:
-            continue
+    for t in found:
         r = rows.setdefault(t.impl, {"layers (calls)": f"{t.layers} ({t.calls})" if t.passes == "forward" else None})
         name = "fwd" if t.passes == "forward" else "fwd+bwd"
         r[f"{name} ms"] = f"{t.ms:.3g} ± {t.halfwidth_ms:.1g}" if t.ms is not None else _short(t.missing)
@@ -127,11 +123,13 @@ def network_sections(frame: pd.DataFrame, plots: Path, expected: dict | None = N
     if "models" not in frame.columns:
         return []
     out: list[tuple[str, object]] = []
+    every = totals(frame, expected)
     for model in models_in(frame):
+        found = [t for t in every if t.model == model]
         out.append((f"{model}: whole-network conv + pool time per implementation "
-                    "(pools' backward not measured; > 1 × cudnn is faster)", totals_table(frame, model, expected)))
+                    "(pools' backward not measured; > 1 × cudnn is faster)", totals_table(found)))
         png = plots / f"network_{model}.png"
-        if plot_network(frame, model, png, expected):
+        if plot_network(frame, model, found, png):
             out.append(("", png))
         top = shares(frame, model, CONTROL)
         if not top.empty:

@@ -19,25 +19,19 @@ A total is only given when every layer of that pass was measured ok for the impl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import pandas as pd
 
+from .schema import parse_models
+
 FORWARD_OPS = ("conv2d", "max_pool2d", "avg_pool2d")
+#: each pass a total is given for, and the rows it sums
+PASSES = {"forward": FORWARD_OPS, "forward+backward": FORWARD_OPS + ("conv2d_backward",)}
 #: the implementation totals are compared with
 CONTROL = "cudnn"
-
-
-def parse_models(text) -> dict[str, int]:
-    """``"resnet18:4;convnext_tiny:1"`` → ``{"resnet18": 4, "convnext_tiny": 1}`` (empty for a non-model row)."""
-    if not isinstance(text, str) or not text:
-        return {}
-    out = {}
-    for part in text.split(";"):
-        name, _, n = part.rpartition(":")
-        out[name] = int(n)
-    return out
 
 
 @dataclass(frozen=True)
@@ -56,10 +50,10 @@ class Total:
     vs_control_halfwidth: float | None = None
 
 
-def _layer_rows(df: pd.DataFrame, model: str) -> pd.DataFrame:
-    rows = df[df["models"].map(lambda t: model in parse_models(t))].copy()
-    rows["count_in_model"] = rows["models"].map(lambda t: parse_models(t)[model])
-    return rows
+def layer_rows(df: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The rows of ``model``'s layers, with ``count_in_model``: how many times that model makes the call."""
+    counts = df["models"].map(lambda t: parse_models(t).get(model, 0))
+    return df[counts > 0].assign(count_in_model=counts[counts > 0])
 
 
 def models_in(df: pd.DataFrame) -> list[str]:
@@ -79,10 +73,10 @@ def totals(df: pd.DataFrame, expected: dict | None = None) -> list[Total]:
     so that a run filtered to some of a model's layers (--op, --where, --shard) gives no whole-network total."""
     out: list[Total] = []
     for model in models_in(df):
-        rows = _layer_rows(df, model)
+        rows = layer_rows(df, model)
         want = (expected or {}).get(model)
         impls = list(dict.fromkeys(rows["impl"]))
-        for passes, ops in (("forward", FORWARD_OPS), ("forward+backward", FORWARD_OPS + ("conv2d_backward",))):
+        for passes, ops in PASSES.items():
             part = rows[rows["op"].isin(ops)]
             if passes == "forward+backward" and not (part["op"] == "conv2d_backward").any():
                 continue  # the run measured no backward
@@ -90,10 +84,9 @@ def totals(df: pd.DataFrame, expected: dict | None = None) -> list[Total]:
                      for impl in impls}
             if want:
                 n = want["layers"] + (want["convs"] if passes == "forward+backward" else 0)
-                found = {impl: t if t.layers >= n else Total(
-                    model, impl, passes, None, None, t.layers, t.calls,
-                    f"only {t.layers} of the model's {n} layers are in this run (filtered)")
-                    for impl, t in found.items()}
+                found = {impl: t if t.layers >= n else dataclasses.replace(
+                    t, ms=None, halfwidth_ms=None, missing=f"only {t.layers} of the model's {n} layers are in this "
+                                                           f"run (filtered)") for impl, t in found.items()}
             control = found.get(CONTROL)
             out += [_versus(t, control) for t in found.values()]
     return out
@@ -134,15 +127,14 @@ def _versus(t: Total, control: Total | None) -> Total:
         return t
     r = control.ms / t.ms
     rel = math.hypot((t.halfwidth_ms or 0) / t.ms, (control.halfwidth_ms or 0) / control.ms)
-    return Total(**{**t.__dict__, "vs_control": r, "vs_control_halfwidth": r * rel})
+    return dataclasses.replace(t, vs_control=r, vs_control_halfwidth=r * rel)
 
 
 def shares(df: pd.DataFrame, model: str, impl: str, passes: str = "forward") -> pd.DataFrame:
     """The model's layers for one implementation and pass, each with count × median and its share of the total,
     largest first (``case_key``, ``op``, ``count``, ``median_ms``, ``ms``, ``share``)."""
-    ops = FORWARD_OPS if passes == "forward" else FORWARD_OPS + ("conv2d_backward",)
-    rows = _layer_rows(df, model)
-    rows = rows[(rows["impl"] == impl) & rows["op"].isin(ops) & (rows["status"] == "ok")]
+    rows = layer_rows(df, model)
+    rows = rows[(rows["impl"] == impl) & rows["op"].isin(PASSES[passes]) & (rows["status"] == "ok")]
     ms = rows["count_in_model"] * rows["median_ms"]
     out = pd.DataFrame({"case_key": rows["case_key"], "op": rows["op"], "count": rows["count_in_model"],
                         "median_ms": rows["median_ms"], "ms": ms, "share": ms / ms.sum() if len(ms) else ms})
@@ -151,4 +143,4 @@ def shares(df: pd.DataFrame, model: str, impl: str, passes: str = "forward") -> 
 
 def totals_frame(df: pd.DataFrame, expected: dict | None = None) -> pd.DataFrame:
     """``totals`` as a table (one row per model, implementation and pass)."""
-    return pd.DataFrame([t.__dict__ for t in totals(df, expected)])
+    return pd.DataFrame([dataclasses.asdict(t) for t in totals(df, expected)])

@@ -25,6 +25,22 @@ COLUMNS = ("op impl device backend dtype layout batch in_channels out_channels h
            "images_per_s compile_s max_abs_err max_rel_err timing_mode").split()
 EXTRA_COLUMNS = ("case_key", "options", "threads", "loops", "ci_low_ms", "ci_high_ms", "warning", "instructions",
                  "host_us", "pct_peak", "provenance", "node", "device_name", "env_key", "target", "count", "models")
+def models_text(counts: dict[str, int]) -> str:
+    """A layer row's ``models`` column: how many times each network makes that call, ``resnet18:4;convnext_tiny:1``."""
+    return ";".join(f"{m}:{n}" for m, n in counts.items())
+
+
+def parse_models(text) -> dict[str, int]:
+    """The ``models`` column read back (``models_text``): {} for a row that is no network's layer."""
+    if not isinstance(text, str) or not text:
+        return {}
+    out = {}
+    for part in text.split(";"):
+        name, _, n = part.rpartition(":")
+        out[name] = int(n)
+    return out
+
+
 #: what a case measures, the ``op`` column (kernels.OPS, the functions an implementation provides, is another list)
 CASE_OPS = ("conv2d", "conv2d_backward", "max_pool2d", "avg_pool2d", "train_step")
 STATUSES = ("ok", "mismatch", "error", "timeout", "skipped", "unsupported")
