@@ -18,6 +18,7 @@ import functools
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -89,49 +90,51 @@ def _problem(seen: dict, observer: str, why) -> None:
 
 
 @contextlib.contextmanager
-def aten_ops(seen: dict):
-    """Record the names of the ATen ops dispatched inside the block into ``seen["aten_ops"]`` (the legacy autograd
-    profiler: RecordFunction callbacks on this thread only, no Kineto, no CUPTI). A profiler that cannot start (one
-    already runs on this thread) or cannot be read leaves ``seen["problems"]`` a reason; the block runs either way."""
+def _best_effort(seen: dict, observer: str, start: Callable[[], object], finish: Callable[[object], dict]):
+    """Run the block between ``start()`` and ``finish(handle)`` (which returns what was seen, merged into ``seen``):
+    observation is best effort — a failure of either is noted in ``seen["problems"]`` under ``observer``, never
+    raised, and the block runs either way."""
     try:
-        from torch.autograd import profiler_legacy
-
-        prof = profiler_legacy.profile()
-        prof.__enter__()
+        handle = start()
     except Exception as exc:  # noqa: BLE001 — observation is best effort; its failure is reported, not raised
-        _problem(seen, "aten ops", exc)
+        _problem(seen, observer, exc)
         yield
         return
     try:
         yield
     finally:
         try:
-            prof.__exit__(None, None, None)
-            seen["aten_ops"] = [e.name for e in prof.function_events]
+            seen.update(finish(handle))
         except Exception as exc:  # noqa: BLE001
-            _problem(seen, "aten ops", exc)
+            _problem(seen, observer, exc)
+
+
+def _start_profiler():
+    from torch.autograd import profiler_legacy
+
+    prof = profiler_legacy.profile()
+    prof.__enter__()
+    return prof
+
+
+def _read_profiler(prof) -> dict:
+    prof.__exit__(None, None, None)
+    return {"aten_ops": [e.name for e in prof.function_events]}
+
+
+def aten_ops(seen: dict):
+    """Record the names of the ATen ops dispatched inside the block into ``seen["aten_ops"]`` (the legacy autograd
+    profiler: RecordFunction callbacks on this thread only, no Kineto, no CUPTI). A profiler that cannot start (one
+    already runs on this thread) or cannot be read leaves ``seen["problems"]`` a reason; the block runs either way."""
+    return _best_effort(seen, "aten ops", _start_profiler, _read_profiler)
 
 
 def _onednn_env_verbose() -> bool:
     return any(os.environ.get(k, "0") not in ("", "0") for k in ("ONEDNN_VERBOSE", "DNNL_VERBOSE", "MKLDNN_VERBOSE"))
 
 
-@contextlib.contextmanager
-def onednn_log(seen: dict):
-    """Record the primitives oneDNN executes inside the block into ``seen["onednn"]`` (``kind:implementation``,
-    e.g. ``convolution:brg_conv_fwd:avx2``): oneDNN's verbose mode, switched on for the block, prints one line per
-    executed primitive to the C ``stdout``, which is pointed at a temporary file meanwhile (file descriptor 1: a
-    line another thread prints then lands there too). Skipped, with a reason, when oneDNN is not available or the
-    process asked for oneDNN's verbose output itself (ONEDNN_VERBOSE: its lines are the user's, and switching it
-    off afterwards would end them)."""
-    if not torch.backends.mkldnn.is_available():
-        _problem(seen, "onednn log", "oneDNN is not available")
-        yield
-        return
-    if _onednn_env_verbose():
-        _problem(seen, "onednn log", "ONEDNN_VERBOSE is set by the process, not captured")
-        yield
-        return
+def _start_verbose() -> tuple[contextlib.ExitStack, object]:
+    """oneDNN's verbose mode on, file descriptor 1 pointed at a temporary file; (what undoes both, the file)."""
     stack = contextlib.ExitStack()  # undoes the redirection and the verbose mode, last step first
     sink = None
     try:
@@ -147,24 +150,38 @@ def onednn_log(seen: dict):
         if not torch._C._verbose.mkldnn_set_verbose(1):
             raise RuntimeError("oneDNN refused verbose mode (built without it?)")
         stack.callback(torch._C._verbose.mkldnn_set_verbose, 0)
-    except Exception as exc:  # noqa: BLE001
+    except BaseException:
         stack.close()
         if sink is not None:
             sink.close()
-        _problem(seen, "onednn log", exc)
-        yield
-        return
+        raise
+    return stack, sink
+
+
+def _read_verbose(started) -> dict:
+    stack, sink = started
     try:
-        yield
+        stack.close()
+        sink.seek(0)
+        return {"onednn": onednn_primitives(sink.read().decode(errors="replace"))}
     finally:
-        try:
-            stack.close()
-            sink.seek(0)
-            seen["onednn"] = onednn_primitives(sink.read().decode(errors="replace"))
-        except Exception as exc:  # noqa: BLE001
-            _problem(seen, "onednn log", exc)
-        finally:
-            sink.close()
+        sink.close()
+
+
+def onednn_log(seen: dict):
+    """Record the primitives oneDNN executes inside the block into ``seen["onednn"]`` (``kind:implementation``,
+    e.g. ``convolution:brg_conv_fwd:avx2``): oneDNN's verbose mode, switched on for the block, prints one line per
+    executed primitive to the C ``stdout``, which is pointed at a temporary file meanwhile (file descriptor 1: a
+    line another thread prints then lands there too). Skipped, with a reason, when oneDNN is not available or the
+    process asked for oneDNN's verbose output itself (ONEDNN_VERBOSE: its lines are the user's, and switching it
+    off afterwards would end them)."""
+    if not torch.backends.mkldnn.is_available():
+        _problem(seen, "onednn log", "oneDNN is not available")
+        return contextlib.nullcontext()
+    if _onednn_env_verbose():
+        _problem(seen, "onednn log", "ONEDNN_VERBOSE is set by the process, not captured")
+        return contextlib.nullcontext()
+    return _best_effort(seen, "onednn log", _start_verbose, _read_verbose)
 
 
 def onednn_primitives(log: str) -> list[str]:
