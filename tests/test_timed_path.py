@@ -193,6 +193,7 @@ def test_selfcheck_hands_the_timer_the_very_tensors_the_row_is_bound_to():
 def test_selfcheck_measures_a_case_in_paired_rounds():
     (a,) = selfcheck.check_case(CASES["avg_pool2d"], SMOKE_TIMING, rounds=6, threads=1)
     assert a.timer == "torch.utils.benchmark.Timer" and a.rounds == 6 and a.convbench_us > 0 and a.timer_us > 0
+    assert a.gate, "on the CPU, Timer is the timer the exit code follows"
     assert a.ci_low <= a.ratio <= a.ci_high
 
 
@@ -200,7 +201,7 @@ def test_selfcheck_measures_a_case_in_paired_rounds():
 def test_selfcheck_fails_when_the_median_ratio_is_off(monkeypatch, capsys, tmp_path, ratio, code):
     def fake(case, timing, rounds, threads, seed=0):
         return [selfcheck.Agreement(case.key, "torch.utils.benchmark.Timer", 10 * ratio, 10.0, ratio, ratio, ratio,
-                                    rounds, 1)]
+                                    rounds, 1, gate=True)]
 
     monkeypatch.setattr(selfcheck, "check_case", fake)
     monkeypatch.setattr(selfcheck, "loop_overhead_ns", lambda: 25.0)

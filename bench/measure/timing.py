@@ -22,6 +22,7 @@ compare`` normalises by), which stays while any other implementation of the case
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
@@ -188,6 +189,18 @@ def converged(samples: list[float], timing: Timing) -> bool:
 CONTROL = "cudnn"
 
 
+@contextlib.contextmanager
+def collector_off():
+    """The garbage collector off inside the block (no collection lands in a sample), as it was after it."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
                      on_sample: Callable[[str], None] | None = None, control: str | None = CONTROL) -> None:
     """Sample every implementation in rotating rounds until each has converged or used its budget. The ``control``
@@ -197,9 +210,7 @@ def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
     events = device == "cuda" and any(not s.wall for s in samplers)  # wall-timed samples need neither
     flush = L2Flush() if events else None
     clock = SleepClock() if events else None
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_off():
         rnd = 0
         while True:
             subjects_left = any(not s.done for s in samplers if s.name != control)
@@ -217,6 +228,3 @@ def time_interleaved(samplers: list[Sampler], device: str, timing: Timing,
                 s.done = (n >= timing.max_samples or converged(s.samples_ms, timing)
                           or (s.spent_s >= timing.max_seconds and n >= min(timing.min_samples, 3)))
             rnd += 1
-    finally:
-        if gc_was:
-            gc.enable()
