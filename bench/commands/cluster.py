@@ -48,7 +48,7 @@ from ..measure.faults import RAY_FAULT_ENV, die_once
 from ..measure.measure import Outcome
 from ..measure.peaks import measure as measure_peaks
 from ..measure.results import make_row, timing_mode
-from ..measure.worker import Supervisor, WorkerConfig, inherited_env
+from ..measure.worker import Supervisor, WorkerConfig, inherited_env, warm_up_cache
 from ..runs.schema import UsageError, device_key
 
 SLOT = "convbench_cpu_slot"
@@ -124,7 +124,8 @@ def _supervisor(setup: TaskSetup, threads: int):
     if not setup.warm_cache:  # cold caches per run and node, as a local run has (bench.commands.runner.compile_caches)
         root = Path(tempfile.gettempdir()) / f"convbench-ray-{setup.run_token}"
         cache = (("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor")), ("TRITON_CACHE_DIR", str(root / "triton")))
-    config = WorkerConfig(setup.device, threads, setup.worker_env + inherited_env() + cache)
+    config = WorkerConfig(setup.device, threads, setup.worker_env + inherited_env() + cache,
+                          warmup_cache=None if setup.warm_cache else str(warm_up_cache()))
     if _SUPERVISOR is None or _SUPERVISOR[0] != config:
         if _SUPERVISOR is not None:
             _SUPERVISOR[1].close()
@@ -165,7 +166,7 @@ class Attempt:
     nodes: tuple[str, ...]  # node ids it may run on
     tried: tuple[str, ...] = ()
     node: dict | None = None  # where it runs, once it said so
-    statuses: list[str] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # its rows so far (the console line of the case)
 
 
 class RayExecutor:
@@ -266,7 +267,7 @@ class RayExecutor:
 
     def run(self, cases, todo, timing, seed: int, setup: TaskSetup, emit, step, deadline: float | None = None):
         """Submit every case (× target) with implementations still to do (``todo(case, target)``); call
-        ``emit(row)`` for each row as it arrives and ``step(case, statuses)`` when a case is done. Returns
+        ``emit(row)`` for each row as it arrives and ``step(case, rows, note)`` when a case is done. Returns
         (interrupted, stopped); on Ctrl-C and at the deadline the outstanding tasks are cancelled."""
         ray = self.ray
         task = ray.remote(max_retries=0, num_returns="streaming")(measure_case)
@@ -279,7 +280,7 @@ class RayExecutor:
                     att = Attempt(case, list(impls), target, nodes)
                     pending[self._submit(task, att, timing, seed, setup)] = att
                 else:
-                    step(case, ["already done"])
+                    step(case, [], "already done")
         t0 = time.perf_counter()
         interrupted = stopped = False
         try:
@@ -299,7 +300,7 @@ class RayExecutor:
                     elif more is False:  # the task ended (well or not): every implementation has its row
                         if att.node:
                             self._ended[att.node["node_id"]] = time.perf_counter()
-                        step(att.case, att.statuses + [f"on {att.node['label'] if att.node else '?'}"])
+                        step(att.case, att.rows, f"on {att.node['label'] if att.node else '?'}")
                     else:  # failed, to be retried elsewhere
                         pending[self._submit(task, more, timing, seed, setup)] = more
         except KeyboardInterrupt:
@@ -333,7 +334,7 @@ class RayExecutor:
                 print(f"warning: the case {att.case.key} died on {where} ({why}); retrying on another node",
                       file=sys.stderr)
                 tried = att.tried + ((att.node["node_id"],) if att.node else ())
-                return Attempt(att.case, att.impls, att.target, att.nodes, tried, None, att.statuses)
+                return Attempt(att.case, att.impls, att.target, att.nodes, tried, None, att.rows)
             suffix = "" if not self.retries else (" (no retry left)" if att.tried else " (no other node to retry on)")
             for name in list(att.impls):
                 self._fail(att, name, f"the Ray task died on node {where}: {why}{suffix}", emit)
@@ -346,7 +347,7 @@ class RayExecutor:
         elif kind == "row":
             if payload["impl"] in att.impls:
                 att.impls.remove(payload["impl"])
-                att.statuses.append(f"{payload['impl']}={payload['status']}")
+                att.rows.append(payload)
                 emit(payload)
         elif kind == "stats":
             label = att.node["label"] if att.node else "?"
@@ -360,7 +361,7 @@ class RayExecutor:
                      "env_key": info.env_key if info else "", "target": att.target}
         row = make_row(att.case, Outcome(name, "error", message), "", info.threads if info else 0, None, placement)
         att.impls.remove(name)
-        att.statuses.append(f"{name}=error")
+        att.rows.append(row)
         emit(row)
 
     def close(self) -> None:

@@ -24,14 +24,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
-from rich.table import Table
 
 from ..measure import callgrind
 from ..measure import env as envmod
 from ..measure.cases import Case
 from ..measure.counting import count_cases
 from ..measure.env import default_threads, require_counts, require_device
-from ..measure.impls import select_impls
+from ..measure.impls import not_runnable, select_impls
 from ..measure.measure import Outcome
 from ..measure.models import ZOO, ZOO_SHAPE, model_layers
 from ..measure.peaks import measure as measure_peaks
@@ -40,9 +39,12 @@ from ..measure.profiler import collect
 from ..measure.results import make_row, timing_mode
 from ..measure.select import Selection, select_cases
 from ..measure.suites import SUITES, suite_hash
-from ..measure.worker import Supervisor, WorkerConfig, inherited_env
+from ..measure.worker import Supervisor, WorkerConfig, inherited_env, warm_up_cache
+from ..present.console import case_line, closing_summary, not_run_lines
 from ..present.profile_tables import write_profile
 from ..present.report import write_report
+from ..runs import runlog
+from ..runs.runlog import library_logs_to
 from ..runs.schema import (
     FAILED,
     JsonlWriter,
@@ -52,7 +54,6 @@ from ..runs.schema import (
     finalize,
     read_jsonl,
     row_id,
-    summary_frame,
 )
 from .cluster import RayExecutor, env_fields
 
@@ -125,24 +126,38 @@ def default_out(device: str) -> Path:
 
 
 class Progress:
-    """A rich progress bar (cases, ETA) on a terminal; one plain line per case elsewhere (CI logs)."""
+    """One line per finished case with its numbers (bench/present/console.py: case_line) on stderr, readable in a
+    CI log; on a terminal a rich progress bar with an ETA stays below the lines. The implementations that cannot
+    run on the device (``hidden``: name → why) are named once here, not on every line."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, hidden: dict[str, str] | None = None, device: str = "") -> None:
         self.total, self.done = total, 0
+        self.hidden = frozenset(hidden or ())
+        self.quiet = not enabled
         self.bar = None
         if enabled and sys.stderr.isatty():
             self.bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), transient=False)
+                           TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True))
             self.task = self.bar.add_task("cases", total=total)
             self.bar.start()
-        self.quiet = not enabled
+        for line in not_run_lines(hidden or {}, device) if enabled else ():
+            self._print(line)
 
-    def step(self, case: Case, statuses: list[str]) -> None:
+    def _print(self, text: str) -> None:
+        if self.bar is not None:  # above the bar, never wrapped into it
+            self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def step(self, case: Case, rows: list[dict], note: str = "") -> None:
+        """``case`` is finished; ``rows``: its rows (this run's, or a resumed run's earlier ones)."""
         self.done += 1
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.update(self.task, advance=1, description=case.op)
-        elif not self.quiet:
-            print(f"[{self.done}/{self.total}] {case.key}: {' '.join(statuses)}", file=sys.stderr, flush=True)
+        text = case_line(rows, self.hidden) if rows else case.key
+        self._print(f"[{self.done:>{len(str(self.total))}}/{self.total}] {text}" + (f" ({note})" if note else ""))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -207,7 +222,7 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
     env = envmod.capture(opts.device, threads, opts.label, suite_hash(cases, timing) + (
         "-instructions" if opts.metric == "instructions" else ""), sys.argv[1:])
     env.update(models=network_sizes(opts), shard=list(opts.shard) if opts.shard else None, impls=impls,
-               cases=len(cases),
+               not_run=not_runnable(impls, opts.device) if opts.executor == "local" else {}, cases=len(cases),
                timing=dataclasses.asdict(timing), timeout_s=opts.timeout, seed=opts.seed, metric=opts.metric)
     if not opts.resume and (out / "results.jsonl").exists() and (out / "results.jsonl").stat().st_size:
         raise UsageError(f"{out} already holds results; pass --resume to continue it or choose another --out")
@@ -241,6 +256,16 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
     else:
         out.mkdir(parents=True, exist_ok=True)
         previous = []
+    quiet = library_logs_to(out / runlog.NAME)
+    try:
+        return _measure(opts, supervisor, cases, impls, timing, threads, out, env, previous, cluster)
+    finally:
+        runlog.restore(quiet)
+
+
+def _measure(opts: RunOptions, supervisor: Supervisor | None, cases: list[Case], impls: list[str], timing,
+             threads: int, out: Path, env: dict, previous: list[dict], cluster) -> int:
+    """The run once its directory exists: peaks, then every case, then the closing files and summary."""
     if opts.peaks and not env.get("peaks"):
         env["peaks"] = opts.peaks
     if opts.metric == "time" and not env.get("peaks") and cluster is None:  # a resumed run keeps its peaks
@@ -265,8 +290,10 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
     else:
         cache_env, env["compile_cache"], cache_dir = compile_caches(opts.warm_cache)
         supervisor = Supervisor(WorkerConfig(opts.device, threads, inherited_env() + cache_env,
-                                             profile_dir=str(out.resolve()) if opts.profile else None), opts.timeout)
-    progress = Progress(len(cases), opts.progress)
+                                             profile_dir=str(out.resolve()) if opts.profile else None,
+                                             warmup_cache=env["compile_cache"].get("process warm-up"),
+                                             log_path=str((out / runlog.NAME).resolve())), opts.timeout)
+    progress = Progress(len(cases), opts.progress, env.get("not_run"), opts.device)
     placement = {"node": env["host"], "device_name": env["device_name"], "env_key": device_key(env)}
     interrupted = stopped = False
     started = time.perf_counter()
@@ -276,13 +303,14 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
                 stopped = True  # out of time: the cases not started are left for --resume
                 break
             todo = [n for n in impls if (case.key, n, "") not in done]
-            statuses = []
+            fresh = []
             for outcome in supervisor.measure(case, todo, timing, opts.seed, opts.deadline) if todo else ():
                 row = make_row(case, outcome, mode, supervisor.threads or threads, env.get("peaks"), placement)
                 writer.write(row)
                 rows.append(row)
-                statuses.append(f"{outcome.impl}={outcome.status}")
-            progress.step(case, statuses or ["already done"])
+                fresh.append(row)
+            progress.step(case, fresh or [r for r in previous if r["case_key"] == case.key],
+                          "" if fresh else "already done")
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -342,10 +370,15 @@ def _finish(opts: RunOptions, out: Path, env: dict, rows: list[dict], interrupte
     if stopped:
         env["stopped"] = "deadline: the cases not started are left for --resume"
     finalize(out, rows, env)
-    print_summary(rows, out)
+    report = None
     if opts.report and rows and opts.metric == "time":
-        if write_report(out) != 0:
+        if write_report(out, announce=False) != 0:
             print(f"warning: the report of {out} could not be written (the results are complete)", file=sys.stderr)
+        elif (out / "report.html").exists():
+            report = out / "report.html"
+    sys.stderr.flush()
+    print("\n".join(closing_summary(rows, env, out, env.get("impls") or [], env.get("not_run") or {}, report,
+                                    runlog.lines(out / runlog.NAME))), flush=True)
     if interrupted:
         print(f"interrupted: {len(rows)} rows kept in {out}; continue with --resume --out {out}", file=sys.stderr)
         return 1
@@ -381,7 +414,8 @@ class InstructionSupervisor:
 def compile_caches(warm: bool) -> tuple[tuple[tuple[str, str], ...], dict, Path | None]:
     """The Inductor and Triton cache directories of a run's workers. Cold (the default): fresh empty ones, removed
     at the end, so compile_s measures compilation and not whatever earlier runs left on disk (identical code gave
-    0.9–1.3 s in one run and 0.06–0.1 s in the next). Warm (--warm-cache): the machine's own caches, as set in the
+    0.9–1.3 s in one run and 0.06–0.1 s in the next); only the worker's process warm-up keeps its own cache from run
+    to run. Warm (--warm-cache): the machine's own caches, as set in the
     environment or torch's and Triton's defaults. Returns (worker environment, env.json entry, dir to remove)."""
     if warm:
         dirs = {"inductor": os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -389,27 +423,7 @@ def compile_caches(warm: bool) -> tuple[tuple[tuple[str, str], ...], dict, Path 
                 "triton": os.environ.get("TRITON_CACHE_DIR") or str(Path.home() / ".triton" / "cache")}
         return (), {"mode": "warm", **dirs}, None
     root = Path(tempfile.mkdtemp(prefix="convbench-compile-cache-"))
-    dirs = {"inductor": str(root / "inductor"), "triton": str(root / "triton")}
+    dirs = {"inductor": str(root / "inductor"), "triton": str(root / "triton"),
+            "process warm-up": str(warm_up_cache())}  # kept across runs: no row depends on it (see warm_up_cache)
     return (("TORCHINDUCTOR_CACHE_DIR", dirs["inductor"]), ("TRITON_CACHE_DIR", dirs["triton"])), \
         {"mode": "cold", **dirs}, root
-
-
-def print_summary(rows: list[dict], out: Path) -> None:
-    console = Console(stderr=False)
-    frame = summary_frame(rows)
-    if not frame.empty:
-        table = Table(title="fastest implementation per case (median)", show_lines=False)
-        for col in frame.columns:
-            table.add_column(col, overflow="fold")
-        for _, r in frame.head(60).iterrows():
-            table.add_row(*[str(v) if v == v else "" for v in r.values])
-        console.print(table)
-        if len(frame) > 60:
-            console.print(f"… {len(frame) - 60} more cases in {out / 'results.csv'}")
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    console.print(f"{len(rows)} rows: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" → {out}")
-    for r in rows:
-        if r["status"] in FAILED:
-            console.print(f"  [red]{r['status']}[/red] {r['impl']} {r['case_key']}: {r['error'][:160]}")

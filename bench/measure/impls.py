@@ -31,3 +31,17 @@ def select_impls(names: list[str] | None, compile_modes: list[str] | None = None
         chosen = [n for n in chosen if n not in variants] + [n for n in known if n in wanted]
         chosen = [n for n in known if n in chosen] + [n for n in chosen if n not in known]
     return chosen
+
+
+def not_runnable(names: list[str], device: str) -> dict[str, str]:
+    """The implementations among ``names`` that are not timed on ``device`` at all, each with why: those that
+    cannot run there (rows ``unsupported``) and those only checked against the oracle there (rows ``skipped``,
+    e.g. Triton under its CPU interpreter). The console names them once instead of on every case."""
+    reasons = {}
+    for name in names:
+        impl = kernels.get(name)
+        why = impl.unavailable_reason(device)
+        only = None if why else impl.correctness_only(device)
+        if why or only:
+            reasons[name] = why or f"checked against the oracle, not timed: {only}"
+    return reasons

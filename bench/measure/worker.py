@@ -21,6 +21,7 @@ import torch
 
 import kernels
 
+from ..runs.runlog import process_output_to
 from .cases import Case
 from .faults import inject
 from .measure import Outcome, measure_case
@@ -40,11 +41,25 @@ class WorkerConfig:
     threads: int
     env: tuple[tuple[str, str], ...] = ()  # variables set in the worker before its first case (cache dirs)
     profile_dir: str | None = None  # run --profile: each timed case is profiled after its timing, into this run dir
+    warmup_cache: str | None = None  # a directory kept across runs for the process warm-up's compiles (warm_up_cache)
+    log_path: str | None = None  # the run's run.log: this process's stdout and stderr go there (bench/runs/runlog.py)
+
+
+def warm_up_cache() -> Path:
+    """Where a worker's process warm-up keeps its Inductor and Triton caches from one run to the next. The warm-up
+    compiles a tiny graph only to pay what a process pays once (Inductor's imports, its C++ toolchain checks, the
+    Triton driver); from a cold cache that is ~12 s on 2 CPU cores, from this one ~1 s, and no row depends on it:
+    the cases compile in the run's own cold caches (bench.commands.runner.compile_caches), after one more tiny
+    compile there that takes what a fresh cache directory costs once (~0.5 s) off the first case's compile_s."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "convbench" / f"warm-up-torch-{torch.__version__}"
 
 
 def serve(conn, config: WorkerConfig) -> None:
     """Worker main loop: receive ('case', Case, impls, Timing, seed), send phases and outcomes, then 'done'."""
     os.environ.update(dict(config.env))
+    if config.log_path:  # torch's and the compilers' own messages: run.log, not the console
+        process_output_to(config.log_path)
     torch.set_num_threads(config.threads)
     conn.send(("ready", torch.get_num_threads()))
     warmed = False
@@ -55,8 +70,8 @@ def serve(conn, config: WorkerConfig) -> None:
         _, case, impls, timing, seed = msg
         inject("worker")  # a rehearsal's fault (bench/measure/faults.py); nothing unless CONVBENCH_FAULT is set
         if not warmed:  # process start-up lands here, not in the first case's compile_s
-            conn.send(("warmup", warm_up_process(case.device, impls,
-                                                 lambda name: conn.send(("phase", name, "process warm-up")))))
+            conn.send(("warmup", _warm_up(config, case.device, impls,
+                                          lambda name: conn.send(("phase", name, "process warm-up")))))
             warmed = True
         reported: set[str] = set()
 
@@ -87,7 +102,31 @@ def _profiler(run_dir: str, phase):
     return lambda case, timed: profile_timed(case, timed, Path(run_dir), announce=lambda name: phase(name, "profile"))
 
 
-def warm_up_process(device: str, impls: list[str], phase=lambda name: None) -> dict[str, float]:
+def _warm_up(config: WorkerConfig, device: str, impls: list[str], phase) -> dict[str, float]:
+    """The process warm-up, in the kept warm-up cache when the config names one (then once more, smaller, in the
+    run's cold caches: see warm_up_cache); the seconds each step took."""
+    if config.warmup_cache is None:
+        return warm_up_process(device, impls, phase)
+    cold = {k: os.environ.get(k) for k in _CACHE_VARS}
+    os.environ.update({k: str(Path(config.warmup_cache) / sub) for k, sub in _CACHE_VARS.items()})
+    try:
+        spent = warm_up_process(device, impls, phase)
+    finally:
+        for k, v in cold.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    cold_spent = warm_up_process(device, impls, phase, size=7, full=False)
+    return {**spent, **{f"{name} (run cache)": s for name, s in cold_spent.items()}}
+
+
+#: the compile caches a process warm-up may keep (variable → its sub-directory of the warm-up cache)
+_CACHE_VARS = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+
+
+def warm_up_process(device: str, impls: list[str], phase=lambda name: None, size: int = 8,
+                    full: bool = True) -> dict[str, float]:
     """Run every compiling implementation (``jit``) once on a tiny conv (forward and backward) and pools before
     the first case, so that what a process pays once — imports, Inductor's compile workers and C++ toolchain,
     the Triton driver and CUDA context — is not charged to the first case's compile_s (the others have no
@@ -102,13 +141,15 @@ def warm_up_process(device: str, impls: list[str], phase=lambda name: None) -> d
         phase(name)
         t0 = time.perf_counter()
         try:
-            x = torch.randn(1, 4, 8, 8, device=device, requires_grad=True)
+            x = torch.randn(1, 4, size, size, device=device, requires_grad=True)
             w = torch.randn(4, 4, 3, 3, device=device, requires_grad=True)
-            impl.conv2d(x, w, None, 1, 1).sum().backward()
+            if full:
+                impl.conv2d(x, w, None, 1, 1).sum().backward()
             with torch.no_grad():
                 impl.conv2d(x, w, None, 1, 1)
-                impl.max_pool2d(x, 2)
-                impl.avg_pool2d(x, 2)
+                if full:
+                    impl.max_pool2d(x, 2)
+                    impl.avg_pool2d(x, 2)
             if device == "cuda":
                 torch.cuda.synchronize()
         except Exception:  # noqa: BLE001 — warm-up only; the cases check and report this implementation

@@ -163,8 +163,9 @@ def _page(title: str, style: str, body: str) -> str:
             f"<style>{style}</style></head><body>{body}</body></html>")
 
 
-def write_report(run_dir: Path) -> int:
-    """Write DIR/report.md, DIR/report.html and DIR/plots/*.png; 0 on success, 2 if the run cannot be read."""
+def write_report(run_dir: Path, announce: bool = True) -> int:
+    """Write DIR/report.md, DIR/report.html and DIR/plots/*.png; 0 on success, 2 if the run cannot be read.
+    ``announce``: print where they are (bench run names the report in its closing summary instead)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         print(f"convbench report: {run_dir} is not a directory", file=sys.stderr)
@@ -206,8 +207,9 @@ def write_report(run_dir: Path) -> int:
     page = _page(title, style, "".join(body))
     atomic_write(Path(run_dir) / "report.md", "\n".join(md))
     atomic_write(Path(run_dir) / "report.html", page)
-    print(f"report: {Path(run_dir) / 'report.html'} and {Path(run_dir) / 'report.md'} "
-          f"({len(list((Path(run_dir) / 'plots').glob('*.png')))} charts in {Path(run_dir) / 'plots'})")
+    if announce:
+        print(f"report: {Path(run_dir) / 'report.html'} and {Path(run_dir) / 'report.md'} "
+              f"({len(list((Path(run_dir) / 'plots').glob('*.png')))} charts in {Path(run_dir) / 'plots'})")
     return 0
 
 

@@ -266,30 +266,6 @@ def case_label(r) -> str:
     return f"{r['op']} {shape} {geo} {r['layout']} {r['dtype']}"
 
 
-def summary_frame(rows: list[dict]) -> pd.DataFrame:
-    """Per case: each implementation's median time, the fastest, and its throughput — for the terminal table."""
-    ok = pd.DataFrame([r for r in rows if r["status"] == "ok"])
-    if ok.empty:
-        return ok
-    out = []
-    for _, grp in ok.groupby("case_key", sort=False):
-        values = pd.to_numeric(grp["median_ms"], errors="coerce")
-        counted = values.isna().all() and "instructions" in grp  # an instruction-count run: fewest wins
-        if counted:
-            values = pd.to_numeric(grp["instructions"], errors="coerce")
-        if values.isna().all():
-            continue
-        best = grp.loc[values.idxmin()]
-        rate = ("" if counted else f"{float(best['gflops']):.3g} GFLOP/s" if best["op"].startswith("conv")
-                else f"{float(best['images_per_s']):.3g} img/s" if best["op"] == "train_step"
-                else f"{float(best['gbps']):.3g} GB/s")
-        entry = {"case": case_label(best), "best": best["impl"], "throughput": rate}
-        for (_, r), v in zip(grp.iterrows(), values):
-            entry[r["impl"]] = "" if v != v else f"{v / 1e6:.4g} M instr" if counted else f"{v:.3g} ms"
-        out.append(entry)
-    return pd.DataFrame(out)
-
-
 def finalize(out: Path, rows: list[dict], env: dict) -> None:
     """results.csv, pytest-benchmark.json and env.json, each by atomic rename."""
     write_csv(out / "results.csv", rows)
