@@ -139,9 +139,12 @@ def speed_table(frame: pd.DataFrame, impls: list[str], baseline: str = BASELINE)
         else:
             row.append("–")
         table.append(row)
-    title = (f"speed relative to {baseline} (geometric mean over the cases both ran, min–max per case; above 1× "
-             f"is faster than {baseline})" if has_base else
-             f"geometric-mean time per case (no {baseline} row to compare with: ms, or instructions)")
+    counted = pd.to_numeric(ok.get("median_ms"), errors="coerce").isna().all()  # --metric instructions
+    what = "instructions" if counted else "time"
+    title = (f"{'instructions' if counted else 'speed'} relative to {baseline} = {baseline}'s {what} / its {what} "
+             f"(geometric mean over the cases both ran, min–max per case; above 1× "
+             f"{'executes fewer' if counted else 'is faster'})" if has_base else
+             f"geometric-mean {'instructions' if counted else 'time (ms)'} per case (no {baseline} row to compare)")
     return [title] + _columns(table)
 
 
@@ -155,7 +158,8 @@ def closing_summary(rows: list[dict], env: dict, out: Path, impls: list[str], hi
     n = env.get("threads")
     threads = f", {n} thread{'s' if n != 1 else ''}" if n else ""
     took = f" in {env['cases_s']:.0f} s" if isinstance(env.get("cases_s"), (int, float)) else ""
-    lines = [f"== convbench {env.get('suite', '')}: {cases} cases × {len(impls)} implementations on "
+    lines = [f"== convbench {env.get('suite', '')}: {cases} case{'s' if cases != 1 else ''} × {len(impls)} "
+             f"implementation{'s' if len(impls) != 1 else ''} on "
              f"{where}{threads}{took} =="]
     if not frame.empty:
         lines += speed_table(frame, impls)
