@@ -309,7 +309,7 @@ def _measure(opts: RunOptions, supervisor: Supervisor | None, cases: list[Case],
                 writer.write(row)
                 rows.append(row)
                 fresh.append(row)
-            progress.step(case, fresh or [r for r in previous if r["case_key"] == case.key],
+            progress.step(case, [r for r in previous if r["case_key"] == case.key] + fresh,
                           "" if fresh else "already done")
     except KeyboardInterrupt:
         interrupted = True
