@@ -48,7 +48,7 @@ from ..measure.select import Selection, parse_shard, parse_where, select_cases
 from ..measure.suites import SUITES
 from ..runs.compare import json_rows, markdown, print_table
 from ..runs.schema import FAILED, UsageError, atomic_write, case_label
-from .options import filters, out_dir, positive
+from .options import filters, out_dir, out_file, positive
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_THRESHOLD = {"time": 0.05, "instructions": 0.01}
@@ -323,7 +323,8 @@ def add_parser(sub) -> None:
     a.add_argument("--fail-on-ambiguous", action="store_true",
                    help="exit 1 also when a pair stays inconclusive (by default only a confirmed slower or a "
                         "broken case fails)")
-    a.add_argument("--json", type=Path, metavar="FILE", help="write the verdict rows as JSON")
-    a.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (e.g. for a CI job)")
+    a.add_argument("--json", type=out_file("--json"), metavar="FILE", help="write the verdict rows as JSON")
+    a.add_argument("--markdown", type=out_file("--markdown"), metavar="FILE",
+                   help="write a Markdown summary (e.g. for a CI job)")
     a.add_argument("--out", type=out_dir(), metavar="DIR", help="directory for ab.csv/json/md (with raw samples), "
                                                            "ab-env.json and callgrind dumps")

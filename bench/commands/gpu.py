@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
                         "CONVBENCH_FAULT=hang:checks, crash:worker, …; see bench/measure/faults.py)")
     g.add_argument("--unpack", type=Path, metavar="FILE", help="restore a window archive as results/gpu/<name>/ and "
                                                               "merge its tuned configs; runs nothing")
-    g.add_argument("--into", type=Path, metavar="DIR", help="with --unpack: the folder to restore into "
-                                                            "(default results/gpu)")
+    g.add_argument("--into", type=out_dir("--into"), metavar="DIR",
+                   help="with --unpack: the folder to restore into (default results/gpu)")
 
 
 def main(args) -> int:

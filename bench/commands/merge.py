@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..runs.merge import merge_runs
+from .options import out_dir
 
 
 def add_parser(sub) -> None:
     m = sub.add_parser("merge", help="join shard run directories into one")
-    m.add_argument("out", type=Path)
+    m.add_argument("out", type=out_dir("OUT"))
     m.add_argument("parts", type=Path, nargs="+")
 
 

@@ -4,6 +4,7 @@ and the case and implementation filters of ``run`` and ``ab``."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..measure.select import COMPILE_MODES
@@ -52,13 +53,41 @@ def filters(p, default_suite: str) -> None:
 
 def out_dir(flag: str = "--out"):
     """An argparse type: a directory to write into — refused (exit 2, before anything is created) when it names an
-    existing file."""
+    existing file, lies under one, or lies in a folder this user cannot write."""
     def parse(text: str) -> Path:
         path = Path(text)
         if path.exists() and not path.is_dir():
             raise argparse.ArgumentTypeError(f"{flag} {text} is an existing file, not a directory")
+        _check_writable(flag, text, path)
         return path
     return parse
+
+
+def out_file(flag: str, parents: bool = False):
+    """An argparse type: a file to write (replaced if it exists) — refused (exit 2) when it names a directory, lies
+    under a file or in a folder this user cannot write, or (unless the command creates ``parents``) in a folder
+    that does not exist."""
+    def parse(text: str) -> Path:
+        path = Path(text)
+        _check_writable(flag, text, path.parent)
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{flag} {text} is a directory, not a file")
+        if not parents and not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{flag} {text}: the folder {path.parent} does not exist")
+        return path
+    return parse
+
+
+def _check_writable(flag: str, text: str, path: Path) -> None:
+    """Refuse what mkdir or open would fail on only after the work: an empty path (it would mean the current
+    folder), a path under an existing file, a nearest existing folder this user cannot write."""
+    if not text:
+        raise argparse.ArgumentTypeError(f"{flag} needs a path, got an empty one")
+    existing = next(p for p in (path, *path.parents) if p.exists())  # '.' or '/' at the latest
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{flag} {text}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{flag} {text}: {existing} is not writable")
 
 
 def model_list(text: str) -> tuple[str, ...]:

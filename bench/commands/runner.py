@@ -239,7 +239,12 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
                 cluster.close()
             raise
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        try:  # what --out's check at parse time cannot see (the default folder, /proc, a race): still exit 2
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if cluster:
+                cluster.close()
+            raise UsageError(f"--out {out}: cannot create it ({exc.strerror})") from None
         previous = []
     if opts.peaks and not env.get("peaks"):
         env["peaks"] = opts.peaks
