@@ -266,6 +266,21 @@ BAD_USAGE = [
     ("selfcheck-json-a-folder", ["selfcheck", "--json", "{dir}"], "--json {dir} is a directory, not a file"),
     ("host-overhead-json-under-a-file", ["host-overhead", "--json", "{file}/h.json"], "--json {file}/h.json:"),
     ("gpu-into-a-file", ["gpu", "--unpack", "{file}", "--into", "{file}"], "--into {file} is an existing file"),
+    # numbers without a finite meaning, values that name nothing
+    ("run-timeout-inf", [*RUN, "--timeout", "inf"], "--timeout must be positive and finite"),
+    ("run-max-seconds-inf", [*RUN, "--max-seconds", "inf"], "--max-seconds must be positive and finite"),
+    ("ab-budget-inf", ["ab", "HEAD", "HEAD", "--budget", "inf"], "--budget must be positive and finite"),
+    ("gpu-budget-nan", ["gpu", "--dry-run", "--budget", "nan"], "--budget must be positive and finite"),
+    ("compare-alpha-0", ["compare", "{dir}", "{dir}", "--alpha", "0"], "--alpha must be in (0, 1)"),
+    ("compare-alpha-2", ["compare", "{dir}", "{dir}", "--alpha", "2"], "--alpha must be in (0, 1)"),
+    ("ab-op-threshold-unknown-op", ["ab", "HEAD", "HEAD", "--op-threshold", "conv3d=0.1"], "--op-threshold conv3d=0.1"),
+    ("run-where-no-value", [*RUN, "--where", "kernel="], "--where kernel=: no value"),
+    ("run-impl-twice", [*RUN, "--impl", "cudnn", "cudnn"], "--impl cudnn is given twice"),
+    ("ab-impl-unknown-no-worktree", ["ab", "HEAD", "HEAD", "--impl", "nosuch"], "--impl nosuch is not registered"),
+    ("run-threads-over-cores", [*RUN, "--threads", "100000"], "--threads 100000 is more than the"),
+    ("profile-threads-over-cores", ["profile", *SHAPE, "--threads", "100000"], "--threads 100000 is more than"),
+    ("gpu-unpack-not-an-archive", ["gpu", "--unpack", "{file}"], "--unpack {file}: not a window archive"),
+    ("merge-part-twice", ["merge", "{tmp}/merged", "{dir}", "{dir}"], "PART {dir} is given twice"),
 ]
 
 

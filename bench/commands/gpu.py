@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .options import out_dir
+from .options import out_dir, positive
 
 #: the first line of the window's description (bench/commands/gpu_window.py)
 DESCRIPTION = ("``bench gpu``: the whole GPU window in one prepared command, bounded, trimmed to a budget, returned as "
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                                    "--budget, returned as one archive",
                        description=DESCRIPTION)
     g.add_argument("--out", type=out_dir(), help="output directory (default results/gpu/<device>-<date>)")
-    g.add_argument("--budget", type=float, default=480.0, metavar="S",
+    g.add_argument("--budget", type=positive("--budget"), default=480.0, metavar="S",
                    help="wall-clock seconds the whole window may take (default 480)")
     g.add_argument("--pack", type=Path, metavar="FILE.tar.gz",
                    help="rewrite this one archive after every phase (what a lent machine returns: put it in $OUT)")

@@ -4,6 +4,7 @@ and the case and implementation filters of ``run`` and ``ab``."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -104,8 +105,8 @@ def positive(name: str):
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} expects a number, got {text!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be positive, got {text!r}")
+        if not 0 < v < math.inf:  # nan and inf too: a budget or timeout that never ends is no limit
+            raise argparse.ArgumentTypeError(f"{name} must be positive and finite, got {text!r}")
         return v
     return parse
 

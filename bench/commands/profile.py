@@ -77,11 +77,12 @@ def main(args) -> int:
     # torch: loaded when the command runs, never to parse the options
     import torch
 
-    from ..measure.env import default_threads, require_device
+    from ..measure.env import default_threads, require_device, require_threads
     from ..measure.impls import select_impls
     from ..measure.profiler import profile_cases
 
     require_device(args.device)
+    require_threads(args.threads)
     impls = select_impls(args.impl)
     cases = select(args)
     out = args.out or Path("results") / "runs" / f"profile-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"

@@ -30,7 +30,7 @@ from ..measure import callgrind
 from ..measure import env as envmod
 from ..measure.cases import Case
 from ..measure.counting import count_cases
-from ..measure.env import default_threads, require_counts, require_device
+from ..measure.env import default_threads, require_counts, require_device, require_threads
 from ..measure.impls import select_impls
 from ..measure.measure import Outcome
 from ..measure.models import ZOO, ZOO_SHAPE, model_layers
@@ -189,6 +189,8 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
         raise UsageError("--metric instructions counts on this machine (one valgrind process): use --executor local")
     if opts.executor == "ray" and opts.profile:
         raise UsageError("--profile runs on this machine: profile with --executor local")
+    if opts.executor == "local":  # a Ray node's cores are its own
+        require_threads(opts.threads)
     impls = select_impls(opts.impls, opts.compile_modes)
     cases = select_cases(opts.selection())
     if not cases:

@@ -34,10 +34,11 @@ def main(args) -> int:
 
     import kernels
 
-    from ..measure.env import default_threads, require_device
+    from ..measure.env import default_threads, require_device, require_threads
     from ..measure.selfcheck import TIMER_OPS, check_case, loop_overhead_ns, selfcheck_cases, short
 
     require_device(args.device)
+    require_threads(args.threads)
     if kernels.get("cudnn").unavailable_reason(args.device):
         raise UsageError(f"--device {args.device}: cudnn cannot run there")
     threads = args.threads or default_threads()
