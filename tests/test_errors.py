@@ -281,6 +281,16 @@ BAD_USAGE = [
     ("profile-threads-over-cores", ["profile", *SHAPE, "--threads", "100000"], "--threads 100000 is more than"),
     ("gpu-unpack-not-an-archive", ["gpu", "--unpack", "{file}"], "--unpack {file}: not a window archive"),
     ("merge-part-twice", ["merge", "{tmp}/merged", "{dir}", "{dir}"], "PART {dir} is given twice"),
+    # options that contradict each other, or one that would be ignored without a word
+    ("run-model-and-suite", [*RUN, "--model", "resnet18"], "--suite smoke and --model both choose the cases"),
+    ("ab-model-and-suite", ["ab", "HEAD", "HEAD", "--model", "resnet18", "--suite", "zoo"], "--suite zoo and --model"),
+    ("run-resume-and-another-out", [*RUN, "--resume", "{dir}", "--out", "{tmp}/other"],
+     "--resume {dir} and --out {tmp}/other name different run directories"),
+    ("run-profile-instructions", [*RUN, "--metric", "instructions", "--profile"], "--profile profiles timed calls"),
+    ("profile-shape-and-suite", ["profile", *SHAPE, "--suite", "smoke"], "--shape is the one problem"),
+    ("profile-shape-and-where", ["profile", *SHAPE, "--where", "kernel=3"], "--shape is the one problem"),
+    ("gpu-into-without-unpack", ["gpu", "--dry-run", "--into", "{dir}"], "--into {dir} goes with --unpack"),
+    ("gpu-unpack-and-dry-run", ["gpu", "--unpack", "{file}", "--dry-run"], "--unpack restores an archive"),
 ]
 
 

@@ -48,7 +48,7 @@ from ..measure.select import Selection, parse_shard, parse_where, select_cases
 from ..measure.suites import SUITES
 from ..runs.compare import json_rows, markdown, print_table
 from ..runs.schema import CASE_OPS, FAILED, UsageError, atomic_write, case_label
-from .options import filters, out_dir, out_file, positive
+from .options import filters, out_dir, out_file, positive, suite
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_THRESHOLD = {"time": 0.05, "instructions": 0.01}
@@ -193,7 +193,7 @@ def main(args) -> int:
     if "instructions" in metrics:
         require_counts(args.device)
     sides = {"base": resolve("base", base_spec), "new": resolve("new", new_spec)}
-    opts = Selection(suite=args.suite, device=args.device, ops=args.op, dtypes=args.dtype, layouts=args.layout,
+    opts = Selection(suite=suite(args), device=args.device, ops=args.op, dtypes=args.dtype, layouts=args.layout,
                      where=parse_where(args.where), shard=parse_shard(args.shard), models=args.model or (),
                      image_size=args.image_size, batch=args.batch)
     if "device_name" in opts.where:
@@ -214,7 +214,7 @@ def main(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     budget = getattr(args, "budget", None)
     ab_timing = ABTiming() if budget is None else ABTiming(budget=budget)
-    timing = SUITES["zoo" if args.model else args.suite].timing
+    timing = SUITES["zoo" if args.model else opts.suite].timing
     run = ABRun(sides, cases, impls, args.device, threads, timing, ab_timing, thresholds, args.seed, args.timeout,
                 not args.no_progress)
     tables, infos = {}, {}

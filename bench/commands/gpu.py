@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..runs.schema import UsageError
 from .options import out_dir, positive
 
 #: the first line of the window's description (bench/commands/gpu_window.py)
@@ -32,6 +33,11 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
+    # options that would be ignored without a word: refused before torch is loaded
+    if args.into and not args.unpack:
+        raise UsageError(f"--into {args.into} goes with --unpack FILE")
+    if args.unpack and (args.dry_run or args.rehearse or args.pack or args.out):
+        raise UsageError("--unpack restores an archive and runs nothing: drop --dry-run, --rehearse, --pack and --out")
     from .gpu_window import gpu_command  # torch and kernels: loaded when the command runs, never to parse
 
     return gpu_command(args)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..measure.select import COMPILE_MODES
 from ..measure.suites import SUITE_NAMES
-from ..runs.schema import CASE_OPS
+from ..runs.schema import CASE_OPS, UsageError
 
 DTYPES = ["float32", "tf32", "float16", "bfloat16", "float64"]
 LAYOUTS = ["nchw", "channels_last"]
@@ -19,8 +19,8 @@ DEVICES = ["cpu", "cuda"]
 
 def filters(p, default_suite: str) -> None:
     """The case and implementation filters that run and ab share."""
-    p.add_argument("--suite", default=default_suite, choices=sorted(SUITE_NAMES),
-                   help=f"which cases (default: {default_suite})")
+    p.add_argument("--suite", choices=sorted(SUITE_NAMES), help=f"which cases (default: {default_suite})")
+    p.set_defaults(default_suite=default_suite)  # None above, so that suite() sees a --suite given beside --model
     p.add_argument("--device", default="cpu", choices=DEVICES)
     p.add_argument("--impl", nargs="+", metavar="NAME",
                    help="implementations to run (default: all registered except opt-in variants such as "
@@ -50,6 +50,14 @@ def filters(p, default_suite: str) -> None:
                         "are never compared)")
     p.add_argument("--seed", type=count("--seed", 0), default=0, help="input data seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-case lines")
+
+
+def suite(args) -> str:
+    """The suite of ``run``/``ab``: --suite, else the command's default — refused beside --model, whose layers
+    replace a suite's cases (the suite would be ignored without a word)."""
+    if args.model and args.suite:
+        raise UsageError(f"--suite {args.suite} and --model both choose the cases: give one of them")
+    return args.suite or args.default_suite
 
 
 def out_dir(flag: str = "--out"):

@@ -56,6 +56,8 @@ def select(args) -> list:
     from ..measure.shapes import parse_shape, train_case  # reference (torch): loaded when the command runs
 
     if args.shape:
+        if args.suite or args.where:  # they would be ignored without a word
+            raise UsageError("--shape is the one problem to profile: drop --suite and --where")
         return parse_shape(args.shape, args.op or ["conv2d"], args.dtype or ["float32"], args.layout or ["nchw"],
                            args.device)
     network = args.model not in REFERENCE_MODELS

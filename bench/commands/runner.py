@@ -189,6 +189,8 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
         raise UsageError("--metric instructions counts on this machine (one valgrind process): use --executor local")
     if opts.executor == "ray" and opts.profile:
         raise UsageError("--profile runs on this machine: profile with --executor local")
+    if opts.metric == "instructions" and opts.profile:  # the valgrind peer times nothing, so nothing is profiled
+        raise UsageError("--profile profiles timed calls: use it with --metric time")
     if opts.executor == "local":  # a Ray node's cores are its own
         require_threads(opts.threads)
     impls = select_impls(opts.impls, opts.compile_modes)
