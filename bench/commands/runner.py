@@ -368,7 +368,7 @@ class InstructionSupervisor:
     threads = 1
 
     def __init__(self, out: Path, device: str, timeout: float) -> None:
-        self.dumps = out / "callgrind"
+        self.dumps = out.resolve() / "callgrind"  # valgrind runs in the peer's farm: a relative --out is not there
         self.dumps.mkdir(parents=True, exist_ok=True)
         self.farm = make_farm(Path(tempfile.mkdtemp(prefix="convbench-cg-")), Path(__file__).resolve().parents[2])
         self.peer = Peer("valgrind", self.farm, device, 1, {**callgrind.ENV, "CONVBENCH_CALLGRIND_OUT":
