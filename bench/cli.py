@@ -34,7 +34,7 @@ COMMANDS = {"run": run, "report": report, "gpu": gpu, "ab": ab, "compare": compa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convbench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="convbench", description=__doc__.split(" — ")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
         module.add_parser(sub)

@@ -3,6 +3,9 @@ argument — and whatever torch accepts, every implementation accepts (checked o
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -233,3 +236,122 @@ def test_a_zero_size_shape_has_nothing_to_profile_and_exits_2(tmp_path, capsys, 
 
     assert cli.main(["profile", "--shape", shape, "--impl", "cudnn", "--out", str(tmp_path / "p")]) == 2
     assert "zero-size problem" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+# ---- the command line: what cannot work exits 2 with one line naming the argument, before anything is created ----
+# {file}: an existing file; {dir}: an empty folder; {tmp}: the test's folder. Each command runs in {tmp}/cwd, with
+# the ab cache in {tmp}/cache, so that a default output folder or a git worktree left behind shows up.
+RUN = ["run", "--suite", "smoke", "--op", "max_pool2d", "--impl", "cudnn", "--max-seconds", "0.01", "--no-report",
+       "--no-progress"]
+SHAPE = ["--shape", "N=1,C=4,H=8,W=8", "--impl", "cudnn"]
+BAD_USAGE = [
+    # output paths that mkdir or open would refuse only after the work
+    ("run-out-under-a-file", [*RUN, "--out", "{file}/sub"], "--out {file}/sub: {file} is a file, not a directory"),
+    ("run-out-empty", [*RUN, "--out", ""], "--out needs a path"),
+    ("report-out-under-a-file", ["report", "{dir}", "{dir}", "--out", "{file}/sub"], "--out {file}/sub: {file} is"),
+    ("profile-out-under-a-file", ["profile", *SHAPE, "--out", "{file}/sub"], "--out {file}/sub: {file} is a file"),
+    ("gpu-out-under-a-file", ["gpu", "--dry-run", "--out", "{file}/sub"], "--out {file}/sub: {file} is a file"),
+    ("ab-out-under-a-file", ["ab", "HEAD", "HEAD", "--out", "{file}/sub"], "--out {file}/sub: {file} is a file"),
+    ("ab-json-under-a-file", ["ab", "HEAD", "HEAD", "--json", "{file}/ab.json"], "--json {file}/ab.json: {file} is a"),
+    ("ab-markdown-a-folder", ["ab", "HEAD", "HEAD", "--markdown", "{dir}"], "--markdown {dir} is a directory"),
+    ("compare-out-a-folder", ["compare", "{dir}", "{dir}", "--out", "{dir}"], "--out {dir} is a directory, not a file"),
+    ("compare-json-under-a-file", ["compare", "{dir}", "{dir}", "--json", "{file}/c.json"], "--json {file}/c.json:"),
+    ("compare-markdown-no-folder", ["compare", "{dir}", "{dir}", "--markdown", "{tmp}/nowhere/c.md"],
+     "--markdown {tmp}/nowhere/c.md: the folder {tmp}/nowhere does not exist"),
+    ("merge-out-a-file", ["merge", "{file}", "{dir}"], "OUT {file} is an existing file"),
+    ("merge-out-under-a-file", ["merge", "{file}/sub", "{dir}"], "OUT {file}/sub: {file} is a file"),
+    ("baseline-root-a-file", ["baseline", "promote", "{dir}", "--root", "{file}"], "--root {file} is an existing file"),
+    ("history-db-a-folder", ["history", "add", "{dir}", "--db", "{dir}"], "--db {dir} is a directory, not a file"),
+    ("history-db-under-a-file", ["history", "add", "{dir}", "--db", "{file}/h.sqlite"], "--db {file}/h.sqlite:"),
+    ("selfcheck-json-a-folder", ["selfcheck", "--json", "{dir}"], "--json {dir} is a directory, not a file"),
+    ("host-overhead-json-under-a-file", ["host-overhead", "--json", "{file}/h.json"], "--json {file}/h.json:"),
+    ("gpu-into-a-file", ["gpu", "--unpack", "{file}", "--into", "{file}"], "--into {file} is an existing file"),
+    # numbers without a finite meaning, values that name nothing
+    ("run-timeout-inf", [*RUN, "--timeout", "inf"], "--timeout must be positive and finite"),
+    ("run-max-seconds-inf", [*RUN, "--max-seconds", "inf"], "--max-seconds must be positive and finite"),
+    ("ab-budget-inf", ["ab", "HEAD", "HEAD", "--budget", "inf"], "--budget must be positive and finite"),
+    ("gpu-budget-nan", ["gpu", "--dry-run", "--budget", "nan"], "--budget must be positive and finite"),
+    ("compare-alpha-0", ["compare", "{dir}", "{dir}", "--alpha", "0"], "--alpha must be in (0, 1)"),
+    ("compare-alpha-2", ["compare", "{dir}", "{dir}", "--alpha", "2"], "--alpha must be in (0, 1)"),
+    ("ab-op-threshold-unknown-op", ["ab", "HEAD", "HEAD", "--op-threshold", "conv3d=0.1"], "--op-threshold conv3d=0.1"),
+    ("run-where-no-value", [*RUN, "--where", "kernel="], "--where kernel=: no value"),
+    ("run-impl-twice", [*RUN, "--impl", "cudnn", "cudnn"], "--impl cudnn is given twice"),
+    ("ab-impl-unknown-no-worktree", ["ab", "HEAD", "HEAD", "--impl", "nosuch"], "--impl nosuch is not registered"),
+    ("run-threads-over-cores", [*RUN, "--threads", "100000"], "--threads 100000 is more than the"),
+    ("profile-threads-over-cores", ["profile", *SHAPE, "--threads", "100000"], "--threads 100000 is more than"),
+    ("gpu-unpack-not-an-archive", ["gpu", "--unpack", "{file}"], "--unpack {file}: not a window archive"),
+    ("merge-part-twice", ["merge", "{tmp}/merged", "{dir}", "{dir}"], "PART {dir} is given twice"),
+    # options that contradict each other, or one that would be ignored without a word
+    ("run-model-and-suite", [*RUN, "--model", "resnet18"], "--suite smoke and --model both choose the cases"),
+    ("ab-model-and-suite", ["ab", "HEAD", "HEAD", "--model", "resnet18", "--suite", "zoo"], "--suite zoo and --model"),
+    ("run-resume-and-another-out", [*RUN, "--resume", "{dir}", "--out", "{tmp}/other"],
+     "--resume {dir} and --out {tmp}/other name different run directories"),
+    ("run-profile-instructions", [*RUN, "--metric", "instructions", "--profile"], "--profile profiles timed calls"),
+    ("profile-shape-and-suite", ["profile", *SHAPE, "--suite", "smoke"], "--shape is the one problem"),
+    ("profile-shape-and-where", ["profile", *SHAPE, "--where", "kernel=3"], "--shape is the one problem"),
+    ("gpu-into-without-unpack", ["gpu", "--dry-run", "--into", "{dir}"], "--into {dir} goes with --unpack"),
+    ("gpu-unpack-and-dry-run", ["gpu", "--unpack", "{file}", "--dry-run"], "--unpack restores an archive"),
+]
+
+
+def _cli(argv, capsys) -> tuple[int, str]:
+    """``python -m bench ARGV`` in this process: (exit code, stderr)."""
+    from bench import cli
+
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's refusals
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("case_id,argv,message", BAD_USAGE, ids=_ids(BAD_USAGE))
+def test_bad_usage_exits_2_with_one_line_naming_the_argument_and_creates_nothing(case_id, argv, message, tmp_path,
+                                                                              capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("keep me")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("CONVBENCH_CACHE_DIR", str(tmp_path / "cache"))
+
+    def fill(text):
+        return text.format(file=tmp_path / "a-file", dir=tmp_path / "a-dir", tmp=tmp_path)
+
+    before = _files(tmp_path)
+    code, err = _cli([fill(a) for a in argv], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert fill(message) in lines[-1] and lines[-1].startswith("convbench"), err  # argparse prints its usage above
+    assert _files(tmp_path) == before and (tmp_path / "a-file").read_text() == "keep me"
+
+
+def test_an_out_in_a_folder_that_cannot_be_written_is_refused(tmp_path, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.access(locked, os.W_OK):  # root writes anywhere: make the check see what another user would
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real(p, mode, **kw))
+    code, err = _cli([*RUN, "--out", str(locked / "run")], capsys)
+    assert code == 2 and f"--out {locked / 'run'}: {locked} is not writable" in err, err
+    assert list(locked.iterdir()) == []
+
+
+def test_an_out_that_cannot_be_created_is_refused_even_past_the_parse_check(tmp_path, capsys, monkeypatch):
+    """What the check at parse time cannot see (here: a folder that vanishes into a file between parse and run)
+    still ends in exit 2 and one line, from the run's own mkdir."""
+    from bench.commands import runner
+
+    target = tmp_path / "gone" / "run"
+    real_capture = runner.envmod.capture
+
+    def capture(*args, **kw):  # between the parse and the run's mkdir
+        (tmp_path / "gone").write_text("now a file")
+        return real_capture(*args, **kw)
+
+    monkeypatch.setattr(runner.envmod, "capture", capture)
+    code, err = _cli([*RUN, "--out", str(target)], capsys)
+    assert code == 2 and err.strip() == f"convbench run: --out {target}: cannot create it (Not a directory)", err

@@ -1,12 +1,16 @@
 """Implementations from other packages: the ``convbench.implementations`` entry-point group, as ``pip install``
-registers it (a distribution's ``entry_points.txt`` on the path, here written by the test instead of pip), and the
-example plugin examples/my_conv."""
+registers it (a distribution's ``entry_points.txt`` on the path: written by the tests, and once by pip itself), and
+the example plugin examples/my_conv."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
+import pytest
 from helpers import ROOT, bench
 
 EXAMPLE = ROOT / "examples" / "my_conv"
@@ -45,3 +49,43 @@ def test_the_example_plugin_runs_its_conv_and_says_why_not_its_pools(tmp_path):
     assert set(mine[mine["op"] != "max_pool2d"]["status"]) == {"ok"}  # forward and autograd backward agree
     pools = mine[mine["op"] == "max_pool2d"]
     assert set(pools["status"]) == {"unsupported"} and set(pools["error"]) == {"my_conv does not implement max_pool2d"}
+
+
+def _pip_install(source, target) -> tuple[bool, str]:
+    """``pip install --no-deps --target TARGET SOURCE`` into a folder of its own — never into the test environment,
+    where the plugin would join every parametrized test. Offline with this environment's setuptools first (it needs
+    one that builds wheels by itself, >= 70.1, or `wheel`), else in pip's isolated build environment, which fetches
+    setuptools from the package index. (installed?, what failed)."""
+    failures = []
+    for isolation in (["--no-build-isolation"], []):
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-input",
+                               "--disable-pip-version-check", *isolation, "--target", str(target), str(source)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode == 0:
+            return True, ""
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        failures.append(f"pip install {isolation[0] if isolation else 'with build isolation'}: {last}")
+    return False, "; ".join(failures)
+
+
+def test_the_example_plugin_installed_by_pip_runs_and_reaches_the_report(tmp_path):
+    """The whole path a user takes: pip builds and installs examples/my_conv (so the entry point is pip's own
+    entry_points.txt, not one this file writes), and a run with its report measures it beside cudnn."""
+    source, site, out = tmp_path / "my_conv", tmp_path / "site", tmp_path / "run"
+    # the build writes build/ and *.egg-info beside its sources: into this copy, never into the repository
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    installed, why = _pip_install(source, site)
+    if not installed:
+        if os.environ.get("CI"):  # CI reaches the package index: a build that fails there is a failure
+            pytest.fail(f"pip could not install examples/my_conv: {why}")
+        pytest.skip(f"pip could not build examples/my_conv here (no network and no setuptools that builds wheels?): "
+                    f"{why}")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    assert list(site.glob("convbench_my_conv-0.1.0.dist-info/entry_points.txt")), sorted(p.name for p in site.iterdir())
+    proc = bench("run", "--suite", "smoke", "--impl", "my_conv", "cudnn", "--op", "conv2d", "--max-seconds", "0.05",
+                 "--out", out, "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.read_csv(out / "results.csv", keep_default_na=False)
+    mine, library = rows[rows["impl"] == "my_conv"], rows[rows["impl"] == "cudnn"]
+    assert len(mine) == len(library) > 0 and set(mine["status"]) == {"ok"}, mine[["case_key", "status", "error"]]
+    assert "my_conv" in (out / "report.md").read_text()

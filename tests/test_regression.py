@@ -318,9 +318,10 @@ def test_callgrind_totals_trust_the_totals_line_not_a_wrapped_summary(tmp_path):
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)")
 def test_run_metric_instructions_counts_one_case_in_one_valgrind_process(tmp_path):
-    out = tmp_path / "run"
+    out = tmp_path / "run"  # given relative to the working folder: valgrind itself runs in the peer's own folder
     got = bench("run", "--suite", "smoke", "--op", "avg_pool2d", "--where", "kernel=2", "--impl", "cudnn", "naive",
-                "--metric", "instructions", "--out", out, "--no-progress")
+                "--metric", "instructions", "--out", "run", "--no-progress", cwd=tmp_path,
+                env={"PYTHONPATH": str(ROOT)})
     assert got.returncode == 0, got.stdout + got.stderr
     rows = pd.read_csv(out / "results.csv")
     ok = rows[rows["status"] == "ok"]

@@ -47,8 +47,8 @@ import pandas as pd
 from ..measure.select import Selection, parse_shard, parse_where, select_cases
 from ..measure.suites import SUITES
 from ..runs.compare import json_rows, markdown, print_table
-from ..runs.schema import FAILED, UsageError, atomic_write, case_label
-from .options import filters, out_dir, positive
+from ..runs.schema import CASE_OPS, FAILED, UsageError, atomic_write, case_label
+from .options import filters, out_dir, out_file, positive, suite
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_THRESHOLD = {"time": 0.05, "instructions": 0.01}
@@ -159,7 +159,7 @@ def _label(case) -> str:
 def main(args) -> int:
     """Validate everything (nothing is created on bad usage), then measure; the contract's exit codes."""
     # torch: loaded when the command runs (the CLI imports this module to build its parser)
-    from ..measure.env import default_threads, require_counts, require_device
+    from ..measure.env import default_threads, require_counts, require_device, require_threads
     from ..measure.impls import select_impls
     from ..measure.paired import ABRun, ABTiming
 
@@ -176,6 +176,8 @@ def main(args) -> int:
             raise UsageError(f"--op-threshold expects OP=VALUE, got {item!r}") from None
         if not (0 < v < 1):
             raise UsageError(f"--op-threshold {op}: the threshold must be in (0, 1), got {v}")
+        if op not in CASE_OPS:  # a misspelt op would leave its threshold at the default without a word
+            raise UsageError(f"--op-threshold {item}: {op!r} is not one of {', '.join(CASE_OPS)}")
         for m in metrics:
             thresholds[(m, op)] = v
     if args.merge_base:
@@ -187,10 +189,11 @@ def main(args) -> int:
             raise UsageError("give BASE and NEW (git revisions or checkout paths), or --merge-base REF")
         base_spec, new_spec = args.base, args.new
     require_device(args.device)
+    require_threads(args.threads)
     if "instructions" in metrics:
         require_counts(args.device)
     sides = {"base": resolve("base", base_spec), "new": resolve("new", new_spec)}
-    opts = Selection(suite=args.suite, device=args.device, ops=args.op, dtypes=args.dtype, layouts=args.layout,
+    opts = Selection(suite=suite(args), device=args.device, ops=args.op, dtypes=args.dtype, layouts=args.layout,
                      where=parse_where(args.where), shard=parse_shard(args.shard), models=args.model or (),
                      image_size=args.image_size, batch=args.batch)
     if "device_name" in opts.where:
@@ -201,16 +204,17 @@ def main(args) -> int:
         raise UsageError("no case matches the selection (--suite/--op/--dtype/--layout/--where/--shard)")
     if args.out and (Path(args.out) / "ab.json").exists():
         raise UsageError(f"--out {args.out} already holds an A/B result; choose another directory")
+    # before materialize: an unknown --impl must not leave a git worktree behind
+    impls = select_impls(args.impl, args.compile_mode) if (args.impl or args.compile_mode) else None
     t0 = time.time()
     sides = {k: materialize(s) for k, s in sides.items()}
     threads = args.threads or default_threads()
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    impls = select_impls(args.impl, args.compile_mode) if (args.impl or args.compile_mode) else None
     budget = getattr(args, "budget", None)
     ab_timing = ABTiming() if budget is None else ABTiming(budget=budget)
-    timing = SUITES["zoo" if args.model else args.suite].timing
+    timing = SUITES["zoo" if args.model else opts.suite].timing
     run = ABRun(sides, cases, impls, args.device, threads, timing, ab_timing, thresholds, args.seed, args.timeout,
                 not args.no_progress)
     tables, infos = {}, {}
@@ -323,7 +327,8 @@ def add_parser(sub) -> None:
     a.add_argument("--fail-on-ambiguous", action="store_true",
                    help="exit 1 also when a pair stays inconclusive (by default only a confirmed slower or a "
                         "broken case fails)")
-    a.add_argument("--json", type=Path, metavar="FILE", help="write the verdict rows as JSON")
-    a.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown summary (e.g. for a CI job)")
+    a.add_argument("--json", type=out_file("--json"), metavar="FILE", help="write the verdict rows as JSON")
+    a.add_argument("--markdown", type=out_file("--markdown"), metavar="FILE",
+                   help="write a Markdown summary (e.g. for a CI job)")
     a.add_argument("--out", type=out_dir(), metavar="DIR", help="directory for ab.csv/json/md (with raw samples), "
                                                            "ab-env.json and callgrind dumps")

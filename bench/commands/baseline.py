@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..runs.baseline import promote
 from ..runs.schema import UsageError
+from .options import out_dir
 
 
 def add_parser(sub) -> None:
@@ -13,7 +14,7 @@ def add_parser(sub) -> None:
     bsub = b.add_subparsers(dest="baseline_command", required=True)
     bp = bsub.add_parser("promote", help="copy a run to results/baselines/<device-key>/")
     bp.add_argument("run_dir", type=Path)
-    bp.add_argument("--root", type=Path, default=Path("results/baselines"))
+    bp.add_argument("--root", type=out_dir("--root"), default=Path("results/baselines"))
 
 
 def main(args) -> int:

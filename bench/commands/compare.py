@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..runs.compare import compare_runs
+from .options import out_file
 
 
 def add_parser(sub) -> None:
@@ -20,9 +21,9 @@ def add_parser(sub) -> None:
                         "cudnn when both runs have it) or none")
     c.add_argument("--metric", default="time", choices=["time", "instructions"])
     c.add_argument("--allow-env-mismatch", action="store_true", help="compare runs from different environments")
-    c.add_argument("--out", type=Path, help="also write the comparison table as CSV")
-    c.add_argument("--json", type=Path, metavar="FILE", help="write the rows as JSON")
-    c.add_argument("--markdown", type=Path, metavar="FILE", help="write the table as Markdown")
+    c.add_argument("--out", type=out_file("--out"), help="also write the comparison table as CSV")
+    c.add_argument("--json", type=out_file("--json"), metavar="FILE", help="write the rows as JSON")
+    c.add_argument("--markdown", type=out_file("--markdown"), metavar="FILE", help="write the table as Markdown")
 
 
 def main(args) -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..runs.history import DEFAULT_DB, HistoryError, add, show
-from .options import out_dir
+from .options import out_dir, out_file
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
         hp = hsub.add_parser(name, help=text)
         if name == "add":
             hp.add_argument("run_dir", type=Path)
-        hp.add_argument("--db", type=Path, default=Path("results/history.sqlite"))
+        # add writes the database (creating its folder); show and plot only read it
+        hp.add_argument("--db", type=out_file("--db", parents=True) if name == "add" else Path,
+                        default=Path("results/history.sqlite"))
         if name != "add":
             hp.add_argument("--env-key", help="only this environment (default: every one)")
             hp.add_argument("--case", help="only cases whose key contains this text")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .options import count
+from .options import count, out_file
 
 
 def add_parser(sub) -> None:
@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
                                               "(targets: forward <= 15 us, dgrad/wgrad <= 20 us)")
     ho.add_argument("--calls", type=count("--calls"), default=2000, help="calls per timed block")
     ho.add_argument("--repeats", type=count("--repeats"), default=7, help="timed blocks per case")
-    ho.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    ho.add_argument("--json", type=out_file("--json"), metavar="FILE", help="also write the rows as JSON")
 
 
 def main(args) -> int:

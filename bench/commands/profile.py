@@ -56,6 +56,8 @@ def select(args) -> list:
     from ..measure.shapes import parse_shape, train_case  # reference (torch): loaded when the command runs
 
     if args.shape:
+        if args.suite or args.where:  # they would be ignored without a word
+            raise UsageError("--shape is the one problem to profile: drop --suite and --where")
         return parse_shape(args.shape, args.op or ["conv2d"], args.dtype or ["float32"], args.layout or ["nchw"],
                            args.device)
     network = args.model not in REFERENCE_MODELS
@@ -77,11 +79,12 @@ def main(args) -> int:
     # torch: loaded when the command runs, never to parse the options
     import torch
 
-    from ..measure.env import default_threads, require_device
+    from ..measure.env import default_threads, require_device, require_threads
     from ..measure.impls import select_impls
     from ..measure.profiler import profile_cases
 
     require_device(args.device)
+    require_threads(args.threads)
     impls = select_impls(args.impl)
     cases = select(args)
     out = args.out or Path("results") / "runs" / f"profile-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..measure.select import parse_shard, parse_where
 from ..runs.schema import UsageError
-from .options import count, filters, out_dir, positive
+from .options import count, filters, out_dir, positive, suite
 
 
 def add_parser(sub) -> None:
@@ -51,7 +51,9 @@ def main(args) -> int:
     resume_dir = args.resume if isinstance(args.resume, str) else None
     if args.resume and not (resume_dir or args.out):
         raise UsageError("--resume needs the run directory: --resume DIR or --resume --out DIR")
-    opts = RunOptions(suite=args.suite, device=args.device, impls=args.impl, compile_modes=args.compile_mode,
+    if resume_dir and args.out and Path(resume_dir).resolve() != args.out.resolve():
+        raise UsageError(f"--resume {resume_dir} and --out {args.out} name different run directories: give one")
+    opts = RunOptions(suite=suite(args), device=args.device, impls=args.impl, compile_modes=args.compile_mode,
                       ops=args.op, dtypes=args.dtype, layouts=args.layout, where=parse_where(args.where),
                       out=Path(resume_dir) if resume_dir else args.out, resume=bool(args.resume),
                       shard=parse_shard(args.shard), threads=args.threads, timeout=args.timeout,

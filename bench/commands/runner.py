@@ -29,7 +29,7 @@ from ..measure import callgrind
 from ..measure import env as envmod
 from ..measure.cases import Case
 from ..measure.counting import count_cases
-from ..measure.env import default_threads, require_counts, require_device
+from ..measure.env import default_threads, require_counts, require_device, require_threads
 from ..measure.impls import not_runnable, select_impls
 from ..measure.measure import Outcome
 from ..measure.models import ZOO, ZOO_SHAPE, model_layers
@@ -204,6 +204,10 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
         raise UsageError("--metric instructions counts on this machine (one valgrind process): use --executor local")
     if opts.executor == "ray" and opts.profile:
         raise UsageError("--profile runs on this machine: profile with --executor local")
+    if opts.metric == "instructions" and opts.profile:  # the valgrind peer times nothing, so nothing is profiled
+        raise UsageError("--profile profiles timed calls: use it with --metric time")
+    if opts.executor == "local":  # a Ray node's cores are its own
+        require_threads(opts.threads)
     impls = select_impls(opts.impls, opts.compile_modes)
     cases = select_cases(opts.selection())
     if not cases:
@@ -254,7 +258,12 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
                 cluster.close()
             raise
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        try:  # what --out's check at parse time cannot see (the default folder, /proc, a race): still exit 2
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if cluster:
+                cluster.close()
+            raise UsageError(f"--out {out}: cannot create it ({exc.strerror})") from None
         previous = []
     quiet = library_logs_to(out / runlog.NAME)
     try:
@@ -392,7 +401,7 @@ class InstructionSupervisor:
     threads = 1
 
     def __init__(self, out: Path, device: str, timeout: float) -> None:
-        self.dumps = out / "callgrind"
+        self.dumps = out.resolve() / "callgrind"  # valgrind runs in the peer's farm: a relative --out is not there
         self.dumps.mkdir(parents=True, exist_ok=True)
         self.farm = make_farm(Path(tempfile.mkdtemp(prefix="convbench-cg-")), Path(__file__).resolve().parents[2])
         self.peer = Peer("valgrind", self.farm, device, 1, {**callgrind.ENV, "CONVBENCH_CALLGRIND_OUT":

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict
-from pathlib import Path
 
 from ..measure.suites import SUITE_NAMES, SUITES
 from ..runs.schema import UsageError
-from .options import DEVICES, count, positive
+from .options import DEVICES, count, out_file, positive
 
 
 def add_parser(sub) -> None:
@@ -25,7 +24,7 @@ def add_parser(sub) -> None:
                     help="how far from 1 the median ratio may be (default 0.03)")
     sc.add_argument("--threads", type=count("--threads"), help="intra-op CPU threads (default: as run)")
     sc.add_argument("--seed", type=count("--seed", 0), default=0, help="input data seed")
-    sc.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    sc.add_argument("--json", type=out_file("--json", parents=True), metavar="FILE", help="also write the rows as JSON")
 
 
 def main(args) -> int:
@@ -35,10 +34,11 @@ def main(args) -> int:
 
     import kernels
 
-    from ..measure.env import default_threads, require_device
+    from ..measure.env import default_threads, require_device, require_threads
     from ..measure.selfcheck import TIMER_OPS, check_case, loop_overhead_ns, selfcheck_cases, short
 
     require_device(args.device)
+    require_threads(args.threads)
     if kernels.get("cudnn").unavailable_reason(args.device):
         raise UsageError(f"--device {args.device}: cudnn cannot run there")
     threads = args.threads or default_threads()

@@ -44,6 +44,14 @@ def require_counts(device: str) -> None:
         raise UsageError(f"--metric instructions: {why}")
 
 
+def require_threads(threads: int | None) -> None:
+    """The check of ``--threads`` on this machine: UsageError (exit 2) above its cores — more threads only measure
+    oversubscription, and a huge count makes the OpenMP runtime die allocating them."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is not None and threads > cores:
+        raise UsageError(f"--threads {threads} is more than the {cores} core(s) this process may use")
+
+
 def default_threads() -> int:
     """All cores but one (at least one): the last core absorbs the OS, the supervising process and noisy
     neighbours, so an op's threads do not wait on a descheduled straggler. On a 2-vCPU VM this made repeated quick

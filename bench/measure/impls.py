@@ -21,6 +21,9 @@ def select_impls(names: list[str] | None, compile_modes: list[str] | None = None
     if unknown:
         raise UsageError(f"--impl {', '.join(unknown)} is not registered; registered: {', '.join(known)}"
                          + "".join(f" ({n}: {e})" for n, e in kernels.load_errors().items()))
+    twice = sorted({n for n in names or () if names.count(n) > 1})
+    if twice:  # the worker would measure it once and report the second as "no result" errors
+        raise UsageError(f"--impl {', '.join(twice)} is given twice")
     chosen = list(names) if names else list(kernels.default_names())
     if compile_modes:
         bad = [m for m in compile_modes if m not in COMPILE_MODES or compile_impl(m) not in known]

@@ -328,7 +328,7 @@ class ABRun:
 
     # -- instructions --
     def instructions(self, out_dir: Path) -> tuple[list[Pair], dict]:
-        dirs = {k: out_dir / f"callgrind-{k}" for k in self.sides}
+        dirs = {k: out_dir.resolve() / f"callgrind-{k}" for k in self.sides}  # the peers run in their farms
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         peers = {k: Peer(f"{k} ({s.spec}) under valgrind", make_farm(self.tmp / f"farm-cg-{k}", s.checkout),

@@ -41,7 +41,10 @@ def parse_where(items: list[str]) -> dict[str, set[str]]:
             raise UsageError(f"--where expects AXIS=VALUE[,VALUE...], got {item!r}")
         axis, values = item.split("=", 1)
         axis = AXIS_ALIASES.get(axis.strip().lower(), axis.strip().lower())
-        where.setdefault(axis, set()).update(v.strip() for v in values.split(",") if v.strip())
+        kept = {v.strip() for v in values.split(",") if v.strip()}
+        if not kept:  # else "no case matches", which hides the slip
+            raise UsageError(f"--where {item}: no value after '='")
+        where.setdefault(axis, set()).update(kept)
     return where
 
 

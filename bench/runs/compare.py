@@ -365,6 +365,9 @@ def compare_runs(base_dir: Path, new_dir: Path | None = None, threshold: float |
     if not (0 < threshold < 1):
         print(f"convbench compare: --threshold must be in (0, 1), got {threshold}", file=sys.stderr)
         return 2
+    if not (0 < alpha < 1):  # 0 flags nothing, 1 or more flags every pair
+        print(f"convbench compare: --alpha must be in (0, 1), got {alpha}", file=sys.stderr)
+        return 2
     try:
         if new_dir is None:  # one argument: the run against the baseline of its environment
             new_dir = Path(base_dir)

@@ -88,14 +88,19 @@ def pack(root: Path, archive: Path, name: str | None = None, limit: int = MAX_AR
 
 
 def read_name(archive: Path) -> str:
-    """The run's name: the archive's one top-level folder. ValueError if it has none or several, or unsafe paths."""
-    with tarfile.open(archive, "r:gz") as tar:
-        tops = set()
-        for m in tar.getmembers():
-            parts = Path(m.name).parts
-            if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
-                raise ValueError(f"{archive}: unsafe member {m.name!r}")
-            tops.add(parts[0])
+    """The run's name: the archive's one top-level folder. ValueError if it has none or several, or unsafe paths,
+    or is no gzipped tar at all."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+    except tarfile.TarError as exc:  # not an OSError: the caller's refusal would miss it
+        raise ValueError(f"not a gzipped tar: {exc}") from None
+    tops = set()
+    for m in members:
+        parts = Path(m.name).parts
+        if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+            raise ValueError(f"{archive}: unsafe member {m.name!r}")
+        tops.add(parts[0])
     if len(tops) != 1:
         raise ValueError(f"{archive}: expected one top-level folder, found {sorted(tops) or 'none'}")
     return tops.pop()
