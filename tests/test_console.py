@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
 import sys
 import warnings
 
 import pytest
-from helpers import bench
+from helpers import ROOT, bench
 
 from bench.present.console import case_line, closing_summary, duration, label
 from bench.runs import runlog
@@ -133,3 +134,20 @@ def test_a_smoke_run_through_a_pipe_prints_numbers_per_case_and_a_short_summary(
         assert not any(noise in ln for ln in console), f"{noise!r} reached the console"
     if sys.platform == "linux":  # the worker's own messages were kept, not lost
         assert (out / "run.log").exists()
+
+
+def test_stderr_to_sends_descriptor_2_to_the_log_and_keeps_a_console_stream(tmp_path):
+    path = tmp_path / runlog.NAME
+    code = f"""if True:
+        import os, sys
+        from bench.runs import runlog
+        with runlog.stderr_to({str(path)!r}) as console:
+            os.write(2, b"USDT: profiler_start\\n")  # what a C++ library writes, below Python
+            print("a child's line", file=sys.stderr, flush=True)
+            print("the command's own line", file=console, flush=True)
+        os.write(2, b"after the block\\n")
+    """
+    got = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert got.stderr == "the command's own line\nafter the block\n"
+    assert path.read_text() == "USDT: profiler_start\na child's line\n"

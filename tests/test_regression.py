@@ -302,6 +302,8 @@ def test_ab_flags_a_slowed_implementation_and_only_that(tmp_path):
     assert 1.15 < naive["ratio"] < 1.5 and len(naive["base_samples"].split()) == naive["rounds"]
     assert (out / "ab.csv").exists() and (out / "ab-env.json").exists()
     assert "slower" in (tmp_path / "ab.md").read_text()
+    assert (out / "run.log").exists(), "the peers' own messages are kept in the A/B's directory"
+    assert "W1206" not in got.stdout + got.stderr
 
 
 def test_callgrind_totals_trust_the_totals_line_not_a_wrapped_summary(tmp_path):

@@ -46,6 +46,7 @@ import pandas as pd
 
 from ..measure.select import Selection, parse_shard, parse_where, select_cases
 from ..measure.suites import SUITES
+from ..runs import runlog
 from ..runs.compare import json_rows, markdown, print_table
 from ..runs.schema import CASE_OPS, FAILED, UsageError, atomic_write, case_label
 from .options import filters, out_dir, out_file, positive, suite
@@ -215,8 +216,11 @@ def main(args) -> int:
     budget = getattr(args, "budget", None)
     ab_timing = ABTiming() if budget is None else ABTiming(budget=budget)
     timing = SUITES["zoo" if args.model else opts.suite].timing
+    log = (out or cache_dir()) / ("run.log" if out else "last-run.log")  # the peers' torch and compiler messages
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
     run = ABRun(sides, cases, impls, args.device, threads, timing, ab_timing, thresholds, args.seed, args.timeout,
-                not args.no_progress)
+                not args.no_progress, log)
     tables, infos = {}, {}
     scratch = None
     try:
@@ -231,7 +235,11 @@ def main(args) -> int:
         run.close()
         if scratch is not None and out is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    return report(tables, infos, sides, thresholds, out, args, time.time() - t0)
+    rc = report(tables, infos, sides, thresholds, out, args, time.time() - t0)
+    n = runlog.lines(log)
+    if n:
+        print(f"{n} line{'s' if n != 1 else ''} of torch and compiler messages from the peers in {log}", flush=True)
+    return rc
 
 
 def _mismatch(infos: dict) -> str | None:

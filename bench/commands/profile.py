@@ -3,13 +3,13 @@ the tables: bench/present/profile_tables.py)."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from ..measure.select import Selection, parse_where, select_cases
 from ..measure.suites import QUICK_TIMING, SUITE_NAMES, SUITES
 from ..present.profile_tables import write_profile
+from ..runs import runlog
 from ..runs.schema import CASE_OPS, CATEGORIES, UsageError
 from .options import DEVICES, DTYPES, LAYOUTS, count, out_dir
 
@@ -93,10 +93,14 @@ def main(args) -> int:
     torch.set_num_threads(args.threads or default_threads())
     timing = SUITES[args.suite].timing if args.suite else QUICK_TIMING
     out.mkdir(parents=True, exist_ok=True)
-    summaries = profile_cases(cases, impls, out, timing, calls=args.steps,
-                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    with runlog.stderr_to(out / runlog.NAME) as console:  # torch's, Kineto's and the compilers' own lines
+        summaries = profile_cases(cases, impls, out, timing, calls=args.steps,
+                                  log=lambda line: print(line, file=console, flush=True))
     table = write_profile(out, summaries)
     cats = [c for c in ("wall ms", *[f"{c} ms" for c in CATEGORIES]) if c in table]
     print(table[["impl", "status", *cats]].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {out}/profile.md, profile.csv, breakdown.csv and traces/")
+    n = runlog.lines(out / runlog.NAME)
+    if n:
+        print(f"{n} line{'s' if n != 1 else ''} of torch, profiler and compiler messages in {out / runlog.NAME}")
     return 0 if (table["status"] == "ok").any() else 1

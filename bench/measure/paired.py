@@ -193,10 +193,12 @@ class ABRun:
     Side) measured in peer processes: ``time()`` interleaved paired rounds, ``instructions()`` Callgrind counts."""
 
     def __init__(self, sides: dict, cases: list, impls: list[str] | None, device: str, threads: int,
-                 timing, ab: ABTiming, thresholds: dict, seed: int, timeout: float, progress: bool) -> None:
+                 timing, ab: ABTiming, thresholds: dict, seed: int, timeout: float, progress: bool,
+                 log: Path | None = None) -> None:
         self.sides, self.cases, self.impls, self.device, self.threads = sides, cases, impls, device, threads
         self.timing, self.ab, self.thresholds, self.seed = timing, ab, thresholds, seed
         self.timeout, self.progress = timeout, progress
+        self.peer_log = log  # the peers' stderr: torch's and the compilers' own messages (bench/runs/runlog.py)
         self.rng = np.random.default_rng(seed)
         self.tmp = Path(tempfile.mkdtemp(prefix="convbench-ab-"))
 
@@ -209,7 +211,7 @@ class ABRun:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         pin = set(cpus[1:]) if len(cpus) > self.threads else None
         return {k: Peer(f"{k} ({s.spec})", make_farm(self.tmp / f"farm-{k}", s.checkout), self.device,
-                        self.threads, None, None, start_timeout=max(self.timeout, 600.0), cpus=pin)
+                        self.threads, None, None, start_timeout=max(self.timeout, 600.0), cpus=pin, log=self.peer_log)
                 for k, s in self.sides.items()}
 
     def log(self, text: str) -> None:
@@ -333,7 +335,8 @@ class ABRun:
             d.mkdir(parents=True, exist_ok=True)
         peers = {k: Peer(f"{k} ({s.spec}) under valgrind", make_farm(self.tmp / f"farm-cg-{k}", s.checkout),
                          self.device, 1, {**callgrind.ENV, "CONVBENCH_CALLGRIND_OUT": str(dirs[k])},
-                         callgrind.command(dirs[k]), start_timeout=900.0) for k, s in self.sides.items()}
+                         callgrind.command(dirs[k]), start_timeout=900.0, log=self.peer_log)
+                 for k, s in self.sides.items()}
         results: dict[str, dict] = {}
         started: dict[str, dict] = {}
         both = threading.Barrier(len(peers))

@@ -52,8 +52,10 @@ class Peer:
     """The parent's handle on one peer process."""
 
     def __init__(self, label: str, farm: Path, device: str, threads: int, env: dict[str, str] | None = None,
-                 prefix: list[str] | None = None, start_timeout: float = 600.0, cpus: set[int] | None = None) -> None:
+                 prefix: list[str] | None = None, start_timeout: float = 600.0, cpus: set[int] | None = None,
+                 log: Path | None = None) -> None:
         self.label, self.farm, self.device, self.threads = label, Path(farm), device, threads
+        self.log = log  # where the process's stderr goes (torch's and the compilers' messages); None: inherited
         self.cpus = cpus
         self.env, self.prefix, self.start_timeout = dict(env or {}), list(prefix or []), start_timeout
         self.proc: subprocess.Popen | None = None
@@ -67,8 +69,13 @@ class Peer:
             [str(self.farm), *filter(None, [os.environ.get("PYTHONPATH")])])}
         cmd = [*self.prefix, sys.executable, "-m", "bench.measure.peer", str(theirs.fileno()), self.device,
                str(self.threads)]
-        self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=env, cwd=self.farm,
-                                     stdout=subprocess.DEVNULL, stderr=None)
+        err = open(self.log, "ab") if self.log else None  # noqa: SIM115 — the child keeps its own copy
+        try:
+            self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=env, cwd=self.farm,
+                                         stdout=subprocess.DEVNULL, stderr=err)
+        finally:
+            if err is not None:
+                err.close()
         theirs.close()
         if self.cpus and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(self.proc.pid, self.cpus)  # threads it starts inherit the mask

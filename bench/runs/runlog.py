@@ -9,6 +9,7 @@ there, each distinct message once. ``TORCH_LOGS`` set by a user who debugs torch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -27,6 +28,26 @@ def process_output_to(path: Path | str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path | str):
+    """Within the block, this process's descriptor 2 — C++ libraries (Kineto's profiler lines), subprocesses, and
+    Python's sys.stderr — is appended to ``path``; yields a text stream on the console's stderr for the lines that
+    must still reach it. For commands that do their work in-process (bench profile)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    console = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8")
+    try:
+        yield console
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        console.close()
 
 
 class _Once(logging.Filter):
