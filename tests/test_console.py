@@ -151,3 +151,15 @@ def test_stderr_to_sends_descriptor_2_to_the_log_and_keeps_a_console_stream(tmp_
     assert got.returncode == 0, got.stderr
     assert got.stderr == "the command's own line\nafter the block\n"
     assert path.read_text() == "USDT: profiler_start\na child's line\n"
+
+
+def test_a_share_above_the_measured_peak_is_explained_once():
+    import pandas as pd
+
+    from bench.present.console import speed_table
+
+    rows = [_row("cudnn", pct_peak=150.0), _row("naive", ms=2.0, pct_peak=75.0)]
+    lines = speed_table(pd.DataFrame(rows), ["naive", "cudnn"])
+    assert lines[-1].startswith("above 100% of peak: ") and "150% cudnn" in lines[-2]
+    assert not speed_table(pd.DataFrame([_row("cudnn"), _row("naive", ms=2.0)]), ["naive", "cudnn"])[-1].startswith(
+        "above")
