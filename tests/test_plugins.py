@@ -4,6 +4,7 @@ the example plugin examples/my_conv."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -89,3 +90,15 @@ def test_the_example_plugin_installed_by_pip_runs_and_reaches_the_report(tmp_pat
     mine, library = rows[rows["impl"] == "my_conv"], rows[rows["impl"] == "cudnn"]
     assert len(mine) == len(library) > 0 and set(mine["status"]) == {"ok"}, mine[["case_key", "status", "error"]]
     assert "my_conv" in (out / "report.md").read_text()
+
+
+def test_a_plugin_that_fails_to_import_is_named_by_the_run_that_goes_on_without_it(tmp_path):
+    out = tmp_path / "run"
+    proc = bench("run", "--suite", "smoke", "--op", "max_pool2d", "--where", "kernel=2", "--impl", "naive", "cudnn",
+                 "--max-seconds", "0.05", "--out", out, "--no-report",
+                 env=_installed(tmp_path, "broken = no_such_module_here"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: implementation broken = no_such_module_here was not loaded" in proc.stderr
+    env = json.loads((out / "env.json").read_text())
+    assert any("no_such_module_here" in w for w in env["warnings"])
+    assert set(pd.read_csv(out / "results.csv")["status"]) == {"ok"}

@@ -30,7 +30,7 @@ from ..measure import env as envmod
 from ..measure.cases import Case
 from ..measure.counting import count_cases
 from ..measure.env import default_threads, require_counts, require_device, require_threads
-from ..measure.impls import not_runnable, select_impls
+from ..measure.impls import load_warnings, not_runnable, select_impls
 from ..measure.measure import Outcome
 from ..measure.models import ZOO, ZOO_SHAPE, model_layers
 from ..measure.peaks import measure as measure_peaks
@@ -225,6 +225,7 @@ def run(opts: RunOptions, supervisor: Supervisor | None = None) -> int:
     out = opts.out or default_out(opts.device)
     env = envmod.capture(opts.device, threads, opts.label, suite_hash(cases, timing) + (
         "-instructions" if opts.metric == "instructions" else ""), sys.argv[1:])
+    env["warnings"] += load_warnings()
     env.update(models=network_sizes(opts), shard=list(opts.shard) if opts.shard else None, impls=impls,
                not_run=not_runnable(impls, opts.device) if opts.executor == "local" else {}, cases=len(cases),
                timing=dataclasses.asdict(timing), timeout_s=opts.timeout, seed=opts.seed, metric=opts.metric)

@@ -48,3 +48,11 @@ def not_runnable(names: list[str], device: str) -> dict[str, str]:
         if why or only:
             reasons[name] = why or f"checked against the oracle, not timed: {only}"
     return reasons
+
+
+def load_warnings() -> list[str]:
+    """One warning per implementation module that could not be imported (a plugin's entry point, a
+    CONVBENCH_PLUGINS module, a built-in): a run without it says so at its start and in env.json, instead of
+    leaving the user to wonder where their implementation went."""
+    return [f"implementation {name} was not loaded and is not in this run: {err}"
+            for name, err in kernels.load_errors().items()]
