@@ -323,3 +323,13 @@ def test_train_step_rows_and_profile(tmp_path):
         trace = out / ok.loc[impl, "trace"]
         assert trace.exists() and trace.name.startswith("trace-train_step-") and f"-{impl}.json" in trace.name
     assert "top operators" in (out / "profile.md").read_text()
+
+
+def test_the_warm_up_cache_is_left_out_where_it_cannot_be_written(tmp_path, monkeypatch):
+    from bench.measure.worker import warm_up_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert warm_up_cache() == tmp_path / "cache" / "convbench" / warm_up_cache().name
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a home whose cache folder cannot be made
+    assert warm_up_cache() is None

@@ -163,3 +163,4 @@ def test_a_share_above_the_measured_peak_is_explained_once():
     assert lines[-1].startswith("above 100% of peak: ") and "150% cudnn" in lines[-2]
     assert not speed_table(pd.DataFrame([_row("cudnn"), _row("naive", ms=2.0)]), ["naive", "cudnn"])[-1].startswith(
         "above")
+

@@ -124,8 +124,9 @@ def _supervisor(setup: TaskSetup, threads: int):
     if not setup.warm_cache:  # cold caches per run and node, as a local run has (bench.commands.runner.compile_caches)
         root = Path(tempfile.gettempdir()) / f"convbench-ray-{setup.run_token}"
         cache = (("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor")), ("TRITON_CACHE_DIR", str(root / "triton")))
+    kept = None if setup.warm_cache else warm_up_cache()
     config = WorkerConfig(setup.device, threads, setup.worker_env + inherited_env() + cache,
-                          warmup_cache=None if setup.warm_cache else str(warm_up_cache()))
+                          warmup_cache=str(kept) if kept else None)
     if _SUPERVISOR is None or _SUPERVISOR[0] != config:
         if _SUPERVISOR is not None:
             _SUPERVISOR[1].close()

@@ -433,7 +433,8 @@ def compile_caches(warm: bool) -> tuple[tuple[tuple[str, str], ...], dict, Path 
                 "triton": os.environ.get("TRITON_CACHE_DIR") or str(Path.home() / ".triton" / "cache")}
         return (), {"mode": "warm", **dirs}, None
     root = Path(tempfile.mkdtemp(prefix="convbench-compile-cache-"))
+    kept = warm_up_cache()  # kept across runs: no row depends on it (see warm_up_cache)
     dirs = {"inductor": str(root / "inductor"), "triton": str(root / "triton"),
-            "process warm-up": str(warm_up_cache())}  # kept across runs: no row depends on it (see warm_up_cache)
+            "process warm-up": str(kept) if kept else None}
     return (("TORCHINDUCTOR_CACHE_DIR", dirs["inductor"]), ("TRITON_CACHE_DIR", dirs["triton"])), \
         {"mode": "cold", **dirs}, root

@@ -45,14 +45,21 @@ class WorkerConfig:
     log_path: str | None = None  # the run's run.log: this process's stdout and stderr go there (bench/runs/runlog.py)
 
 
-def warm_up_cache() -> Path:
+def warm_up_cache() -> Path | None:
     """Where a worker's process warm-up keeps its Inductor and Triton caches from one run to the next. The warm-up
     compiles a tiny graph only to pay what a process pays once (Inductor's imports, its C++ toolchain checks, the
     Triton driver); from a cold cache that is ~12 s on 2 CPU cores, from this one ~1 s, and no row depends on it:
     the cases compile in the run's own cold caches (bench.commands.runner.compile_caches), after one more tiny
-    compile there that takes what a fresh cache directory costs once (~0.5 s) off the first case's compile_s."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "convbench" / f"warm-up-torch-{torch.__version__}"
+    compile there that takes what a fresh cache directory costs once (~0.5 s) off the first case's compile_s.
+    None where it cannot be written (a read-only home): the warm-up then compiles in the run's cold caches, as
+    before, rather than fail and leave its cost to the first case."""
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "convbench" / \
+        f"warm-up-torch-{torch.__version__}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
 
 
 def serve(conn, config: WorkerConfig) -> None:
