@@ -164,3 +164,14 @@ def test_a_share_above_the_measured_peak_is_explained_once():
     assert not speed_table(pd.DataFrame([_row("cudnn"), _row("naive", ms=2.0)]), ["naive", "cudnn"])[-1].startswith(
         "above")
 
+
+
+def test_a_case_measured_on_two_machines_is_two_pairs_not_a_cross_product():
+    import pandas as pd
+
+    from bench.present.console import speed_table
+
+    rows = [_row("cudnn", ms=1.0, env_key="a"), _row("naive", ms=2.0, env_key="a"),
+            _row("cudnn", ms=1.0, env_key="b"), _row("naive", ms=4.0, env_key="b")]
+    conv = speed_table(pd.DataFrame(rows), ["naive", "cudnn"])[2]
+    assert conv.split()[:4] == ["conv2d", "2", "0.35×", "(0.25–0.5)"], conv

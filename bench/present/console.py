@@ -118,6 +118,8 @@ def speed_table(frame: pd.DataFrame, impls: list[str], baseline: str = BASELINE)
     if ok.empty:
         return []
     ok["cost"] = [_cost(r)[0] for r in ok.to_dict("records")]
+    # a case measured on several machines or devices (run --executor ray --each-device) is one pair per place
+    ok["where"] = ok["case_key"].astype(str) + "@" + ok.get("env_key", pd.Series("", index=ok.index)).astype(str)
     ok = ok[ok["cost"] == ok["cost"]]
     shown = [i for i in impls if i in set(ok["impl"]) and i != baseline]
     has_base = baseline in set(ok["impl"])
@@ -125,10 +127,10 @@ def speed_table(frame: pd.DataFrame, impls: list[str], baseline: str = BASELINE)
     table, over = [head], False
     for op in [o for o in OP_ORDER if o in set(ok["op"])] + sorted(set(ok["op"]) - set(OP_ORDER)):
         sub = ok[ok["op"] == op]
-        base = sub[sub["impl"] == baseline].set_index("case_key")["cost"]
-        row = [op, str(sub["case_key"].nunique())]
+        base = sub[sub["impl"] == baseline].set_index("where")["cost"]
+        row = [op, str(sub["where"].nunique())]
         for impl in shown:
-            mine = sub[sub["impl"] == impl].set_index("case_key")["cost"]
+            mine = sub[sub["impl"] == impl].set_index("where")["cost"]
             shared = mine.index.intersection(base.index)
             row.append(_ratio_cell((base[shared] / mine[shared]).dropna()) if has_base else
                        f"{geomean(mine):.3g}" if len(mine) else "–")
