@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..runs.schema import FAILED, case_label
-from ..runs.summary import BASELINE, OP_ORDER, geomean
+from ..runs.summary import BASELINE, OP_ORDER, geomean, ratios
 
 #: the dtype names of a console line (the results keep torch's names)
 SHORT_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
@@ -117,22 +117,21 @@ def speed_table(frame: pd.DataFrame, impls: list[str], baseline: str = BASELINE)
     ok = frame[frame["status"] == "ok"].copy()
     if ok.empty:
         return []
-    ok["cost"] = [_cost(r)[0] for r in ok.to_dict("records")]
+    counted = pd.to_numeric(ok.get("median_ms"), errors="coerce").isna().all()  # --metric instructions
+    ok["cost"] = pd.to_numeric(ok.get("instructions" if counted else "median_ms"), errors="coerce")
     # a case measured on several machines or devices (run --executor ray --each-device) is one pair per place
     ok["where"] = ok["case_key"].astype(str) + "@" + ok.get("env_key", pd.Series("", index=ok.index)).astype(str)
-    ok = ok[ok["cost"] == ok["cost"]]
+    ok = ok[ok["cost"].abs() < math.inf]  # a number, and finite
     shown = [i for i in impls if i in set(ok["impl"]) and i != baseline]
     has_base = baseline in set(ok["impl"])
     head = ["op", "cases"] + shown + ["best % of peak"]
     table, over = [head], False
     for op in [o for o in OP_ORDER if o in set(ok["op"])] + sorted(set(ok["op"]) - set(OP_ORDER)):
         sub = ok[ok["op"] == op]
-        base = sub[sub["impl"] == baseline].set_index("where")["cost"]
         row = [op, str(sub["where"].nunique())]
         for impl in shown:
-            mine = sub[sub["impl"] == impl].set_index("where")["cost"]
-            shared = mine.index.intersection(base.index)
-            row.append(_ratio_cell((base[shared] / mine[shared]).dropna()) if has_base else
+            mine = sub[sub["impl"] == impl]["cost"]
+            row.append(_ratio_cell(ratios(sub, impl, baseline, "cost", "where").dropna()) if has_base else
                        f"{geomean(mine):.3g}" if len(mine) else "–")
         peak = pd.to_numeric(sub.get("pct_peak", pd.Series(dtype=float)), errors="coerce")
         if peak.notna().any():
@@ -142,7 +141,6 @@ def speed_table(frame: pd.DataFrame, impls: list[str], baseline: str = BASELINE)
         else:
             row.append("–")
         table.append(row)
-    counted = pd.to_numeric(ok.get("median_ms"), errors="coerce").isna().all()  # --metric instructions
     what = "instructions" if counted else "time"
     title = (f"{'instructions' if counted else 'speed'} relative to {baseline} = {baseline}'s {what} / its {what} "
              f"(geometric mean over the cases both ran, min–max per case; above 1× "

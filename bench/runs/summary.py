@@ -20,18 +20,26 @@ def geomean(values) -> float:
     return float(np.exp(np.log(v).mean())) if len(v) else float("nan")
 
 
+def ratios(sub: pd.DataFrame, impl: str, baseline: str = BASELINE, value: str = "median_ms",
+           key: str = "case_key") -> pd.Series:
+    """Per case (``key``) that both ran: the baseline's ``value`` / ``impl``'s — above 1, ``impl`` is faster (or
+    executes fewer instructions). ``sub``: ok rows of one op."""
+    base = sub[sub["impl"] == baseline].set_index(key)[value].astype(float)
+    mine = sub[sub["impl"] == impl].set_index(key)[value].astype(float)
+    shared = mine.index.intersection(base.index)
+    return base[shared] / mine[shared]
+
+
 def speedups(frame: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """Per op and implementation: geometric mean over shared ok cases of baseline_time / impl_time."""
     ok = frame[frame["status"] == "ok"]
     out = []
     for op in [o for o in OP_ORDER if o in set(ok["op"])]:
         sub = ok[ok["op"] == op]
-        base = sub[sub["impl"] == baseline].set_index("case_key")["median_ms"].astype(float)
         col, unit = RATE[op]
         for impl, grp in sub.groupby("impl", sort=False):
-            t = grp.set_index("case_key")["median_ms"].astype(float)
-            shared = t.index.intersection(base.index)
-            speedup = geomean(base[shared] / t[shared]) if len(shared) else math.nan
+            shared = ratios(sub, impl, baseline)
+            speedup = geomean(shared) if len(shared) else math.nan
             out.append({"op": op, "impl": impl, "cases": len(grp), f"geomean speedup vs {baseline}": speedup,
                         "vs cases": len(shared), "geomean throughput": geomean(grp[col].astype(float)),
                         "unit": unit})
