@@ -78,9 +78,12 @@ def _big_run(failures: int) -> list[dict]:
 
 @pytest.mark.parametrize("failures", [0, 3, 30])
 def test_the_closing_summary_fits_one_screen_one_line_per_row(tmp_path, failures):
+    log = tmp_path / "run.log"
+    log.write_text("a\nb\nc\n")
     lines = closing_summary(_big_run(failures), {"suite": "quick", "device": "cpu", "device_name": "EPYC",
                                                  "threads": 2, "cases_s": 310.2}, tmp_path, IMPLS,
-                            {"triton": "Triton compiles for GPUs"}, tmp_path / "report.html", log_lines=3)
+                            {"triton": "Triton compiles for GPUs"}, tmp_path / "report.html",
+                            runlog.mention(log))
     assert len(lines) <= 40, "\n".join(lines)
     assert lines[0] == "== convbench quick: 200 cases × 5 implementations on EPYC, 2 threads in 310 s =="
     table = lines[lines.index(next(ln for ln in lines if ln.startswith("op "))):][:6]

@@ -236,9 +236,9 @@ def main(args) -> int:
         if scratch is not None and out is None:
             shutil.rmtree(scratch, ignore_errors=True)
     rc = report(tables, infos, sides, thresholds, out, args, time.time() - t0)
-    n = runlog.lines(log)
-    if n:
-        print(f"{n} line{'s' if n != 1 else ''} of torch and compiler messages from the peers in {log}", flush=True)
+    said = runlog.mention(log, "torch and compiler messages from the peers")
+    if said:
+        print(said, flush=True)
     return rc
 
 

@@ -100,7 +100,7 @@ def main(args) -> int:
     cats = [c for c in ("wall ms", *[f"{c} ms" for c in CATEGORIES]) if c in table]
     print(table[["impl", "status", *cats]].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {out}/profile.md, profile.csv, breakdown.csv and traces/")
-    n = runlog.lines(out / runlog.NAME)
-    if n:
-        print(f"{n} line{'s' if n != 1 else ''} of torch, profiler and compiler messages in {out / runlog.NAME}")
+    said = runlog.mention(out / runlog.NAME, "torch, profiler and compiler messages")
+    if said:
+        print(said)
     return 0 if (table["status"] == "ok").any() else 1

@@ -388,7 +388,7 @@ def _finish(opts: RunOptions, out: Path, env: dict, rows: list[dict], interrupte
             report = out / "report.html"
     sys.stderr.flush()
     print("\n".join(closing_summary(rows, env, out, env.get("impls") or [], env.get("not_run") or {}, report,
-                                    runlog.lines(out / runlog.NAME))), flush=True)
+                                    runlog.mention(out / runlog.NAME))), flush=True)
     if interrupted:
         print(f"interrupted: {len(rows)} rows kept in {out}; continue with --resume --out {out}", file=sys.stderr)
         return 1

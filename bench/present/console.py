@@ -152,9 +152,9 @@ def speed_table(frame: pd.DataFrame, impls: list[str], baseline: str = BASELINE)
 
 
 def closing_summary(rows: list[dict], env: dict, out: Path, impls: list[str], hidden: dict[str, str],
-                    report: Path | None, log_lines: int = 0) -> list[str]:
+                    report: Path | None, log_note: str | None = None) -> list[str]:
     """The one-screen answer at the end of a run (≤ ~40 lines): what ran where, the speed table, what could not
-    run, the failures (the first MAX_FAILURES named), the row counts and where the report and the log are."""
+    run, the failures (the first MAX_FAILURES named), the row counts, where the report is and what the log holds."""
     frame = pd.DataFrame(rows)
     cases = frame["case_key"].nunique() if not frame.empty else 0
     where = env.get("device_name") or env.get("device", "")
@@ -177,7 +177,6 @@ def closing_summary(rows: list[dict], env: dict, out: Path, impls: list[str], hi
                  + f" → {out}")
     if report is not None:
         lines.append(f"report: {report}")
-    if log_lines:
-        lines.append(f"{log_lines} line{'s' if log_lines != 1 else ''} of torch and compiler messages in "
-                     f"{out / 'run.log'}")
+    if log_note:  # runlog.mention: what run.log holds
+        lines.append(log_note)
     return lines

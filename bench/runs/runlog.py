@@ -101,6 +101,12 @@ def restore(handler: logging.Handler) -> None:
     handler.close()
 
 
+def mention(path: Path | str, what: str = "torch and compiler messages") -> str | None:
+    """The one line a command ends with when ``path`` holds messages (``3 lines of … in …``); None when empty."""
+    n = lines(path)
+    return f"{n} line{'s' if n != 1 else ''} of {what} in {path}" if n else None
+
+
 def lines(path: Path | str) -> int:
     """How many lines of messages ``path`` holds (the worker's start markers not counted)."""
     try:
